@@ -1,0 +1,46 @@
+# Two commands do everything on a fresh machine: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+# No model or dataset hub is reachable (or wanted) for local runs.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup run test compile lint clean lock
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@echo ">> creating $(VENV) and installing pinned dependencies (torch==2.13.0 CPU build)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+## Run the whole pipeline locally (kfp.local, bundled MiniLM + MedQuAD sample, CPU).
+run: setup
+	$(PY) -m medembed run-local $(ARGS)
+
+## Run the test suite.
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Write the cluster pipeline IR (e5-large, GPU node pool, MinIO secret).
+compile: setup
+	$(PY) -m medembed compile --profile cluster --output build/pipeline.yaml $(ARGS)
+
+## Re-pin the environment after changing dependencies in pyproject.toml.
+lock:
+	rm -rf /tmp/medembed-lock && $(PYTHON) -m venv /tmp/medembed-lock
+	/tmp/medembed-lock/bin/pip install --quiet torch==2.13.0 ".[test]"
+	( echo "# Full pinned environment (pip freeze on Python 3.11, CPU). Regenerate: make lock"; \
+	  echo "torch==2.13.0"; /tmp/medembed-lock/bin/pip freeze --exclude-editable | grep -vE '^(torch|medembed)[=@ ]' ) > requirements.lock
+
+clean:
+	rm -rf runs build registry .pytest_cache

