@@ -283,7 +283,8 @@ def prepare(config: DataConfig, train_dir: Path, eval_dir: Path, work_dir: Path 
     if len(train) < config.min_train_pairs:
         raise DataError(
             f"{path}: only {len(train)} training pairs after cleaning and splitting "
-            f"(need at least {config.min_train_pairs})"
+            f"(need at least {config.min_train_pairs}; {stats.rows_read} rows read, "
+            f"{stats.dropped_empty} empty and {stats.dropped_duplicate} duplicate pairs dropped)"
         )
     if not by_split["test"]:
         raise DataError(f"{path}: no pairs left for the evaluation split; add data or raise data.test_fraction")

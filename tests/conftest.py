@@ -57,7 +57,7 @@ def pairs_file(tmp_path) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, 64-dim random BERT with a word-level tokenizer: real code paths, seconds to train."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.models import Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
