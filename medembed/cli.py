@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from .config import ConfigError, PipelineConfig, load_config
@@ -48,6 +49,9 @@ def run_local(config: PipelineConfig, runs_dir: Path) -> dict:
     run_root = Path(runs_dir).resolve() / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_root.mkdir(parents=True, exist_ok=True)
     (run_root / "config.json").write_text(config.to_json())
+    # Cluster-only settings (display names, the project image) are expected to be no-ops here.
+    warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root))
     pipeline = build_pipeline(config, for_cluster=False)
     task = pipeline()
