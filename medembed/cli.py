@@ -87,7 +87,8 @@ def submit(args) -> str:
         arguments=dict(_parse_params(args.param)),
         run_name=args.run_name or f"{config.registry.model_name}-{dt.datetime.now():%Y%m%d-%H%M%S}",
         experiment_name=args.experiment,
-        enable_caching=not args.no_cache,
+        # None keeps the compiled per-task caching (registration is never cached); True would override it.
+        enable_caching=False if args.no_cache else None,
     )
     return run.run_id
 
@@ -107,7 +108,7 @@ def schedule(args) -> str:
         no_catchup=True,
         pipeline_package_path=str(package),
         params=dict(_parse_params(args.param)),
-        enable_caching=not args.no_cache,
+        enable_caching=False if args.no_cache else None,
     )
     return job.recurring_run_id
 
@@ -154,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         common(p, "cluster")
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
         p.add_argument("--namespace", default=None)
-        p.add_argument("--token", default=None, help="bearer token (default: from the environment/kubeconfig)")
+        # kfp.Client loads no kubeconfig credentials when --host is given: pass a token for auth'd endpoints.
+        p.add_argument("--token", default=None, help="bearer token, e.g. $(kubectl create token default-editor "
+                       "-n PROFILE_NAMESPACE --audience pipelines.kubeflow.org); default: none")
         p.add_argument("--experiment", default="medical-embeddings")
         p.add_argument("--param", action="append", metavar="NAME=VALUE", help="pipeline parameter for this run")
         p.add_argument("--output", default=DEFAULT_IR_FILE)

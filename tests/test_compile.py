@@ -1,0 +1,98 @@
+"""The cluster pipeline IR: GPU placement, MinIO secret wiring and parameter defaults.
+
+The compiled file has two YAML documents: the pipeline spec, then the Kubernetes platform spec
+(node selectors, tolerations, secrets from kfp-kubernetes).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medembed import cli
+
+
+def _compile(tmp_path, monkeypatch, *extra: str) -> tuple[dict, dict, str]:
+    monkeypatch.delenv("MEDEMBED_IMAGE", raising=False)
+    out = tmp_path / "ir" / "pipeline.yaml"
+    assert cli.main(["compile", "--output", str(out), *extra]) == 0
+    text = out.read_text()
+    spec, platform = yaml.safe_load_all(text)
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"], text
+
+
+@pytest.fixture
+def compiled(tmp_path, monkeypatch):
+    return _compile(tmp_path, monkeypatch)
+
+
+def _defaults(spec: dict) -> dict:
+    return {name: p.get("defaultValue") for name, p in spec["root"]["inputDefinitions"]["parameters"].items()}
+
+
+def test_training_task_requests_one_gpu_on_the_gpu_pool(compiled):
+    spec, k8s, _ = compiled
+    container = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    accelerator = container["resources"]["accelerator"]
+    assert accelerator["resourceType"] == "nvidia.com/gpu"
+    assert int(accelerator["resourceCount"]) == 1
+    assert container["image"] == "ghcr.io/medembed/medembed:0.1.0"
+    train = k8s["exec-train-model"]
+    assert train["nodeSelector"]["labels"] == {"cloud.google.com/gke-nodepool": "gpu-pool"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in train["tolerations"]
+    # CPU stages must not hold a GPU.
+    assert "accelerator" not in spec["deploymentSpec"]["executors"]["exec-prep-data"]["container"].get("resources", {})
+    assert "nodeSelector" not in k8s["exec-prep-data"]
+
+
+def test_every_task_reads_minio_credentials_from_the_secret(compiled):
+    spec, k8s, text = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(k8s) == set(executors)
+    for name, platform in k8s.items():
+        (secret,) = platform["secretAsEnv"]
+        assert secret["secretName"] == "medembed-minio", name
+        assert {(m["secretKey"], m["envVar"]) for m in secret["keyToEnv"]} == {
+            ("accesskey", "MINIO_ACCESS_KEY"), ("secretkey", "MINIO_SECRET_KEY")}
+        env = {e["name"]: e["value"] for e in executors[name]["container"].get("env", [])}
+        assert env["MINIO_ENDPOINT"] == "minio.medembed.svc.cluster.local:9000"
+        # Keys come from the Secret only, never as plain container env values.
+        assert not {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    # No credential value anywhere in the IR (the example/test keys included).
+    for literal in ("minioadmin", "minio123", "CHANGE-ME", "test-secret", "test-access"):
+        assert literal not in text
+
+
+def test_parameter_defaults_follow_the_cluster_profile(compiled):
+    defaults = _defaults(compiled[0])
+    assert defaults["base_model"] == "intfloat/multilingual-e5-large"
+    # KFP stores numbers as floats in the IR.
+    assert [int(d) for d in defaults["matryoshka_dims"]] == [1024, 768, 512, 384, 256, 128, 64]
+    assert defaults["epochs"] == 5
+    assert defaults["warmup_steps"] == 100
+    assert defaults["eval_steps"] == 1000
+    assert defaults["batch_size"] == 32
+    assert defaults["data_uri"].startswith("s3://medembed-data/")
+    assert defaults["registry_uri"].startswith("s3://medembed-registry/")
+
+
+def test_set_override_changes_the_default(tmp_path, monkeypatch):
+    spec, _, _ = _compile(tmp_path, monkeypatch, "--set", "train.epochs=3")
+    assert _defaults(spec)["epochs"] == 3
+    assert _defaults(spec)["batch_size"] == 32  # everything else stays
+
+
+def test_image_override_at_compile_time(tmp_path):
+    # MEDEMBED_IMAGE is read when the components are first imported: compile in a fresh interpreter.
+    out = tmp_path / "pipeline.yaml"
+    env = {**os.environ, "MEDEMBED_IMAGE": "registry.example.com/medembed:dev"}
+    subprocess.run([sys.executable, "-m", "medembed", "compile", "--output", str(out)], check=True, env=env,
+                   cwd=Path(__file__).resolve().parents[1], capture_output=True)
+    spec = next(yaml.safe_load_all(out.read_text()))
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example.com/medembed:dev"}
