@@ -72,6 +72,15 @@ def compile_pipeline(config: PipelineConfig, output: Path) -> Path:
     return output
 
 
+def _package_path(args) -> Path:
+    """Where submit/schedule keep the compiled IR: --output if given, else a temp file."""
+    if args.output:
+        return Path(args.output)
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="medembed-")) / DEFAULT_IR_FILE
+
+
 def _client(args):
     import kfp
 
@@ -80,7 +89,7 @@ def _client(args):
 
 def submit(args) -> str:
     config = _config(args)
-    package = compile_pipeline(config, Path(args.output))
+    package = compile_pipeline(config, _package_path(args))
     client = _client(args)
     run = client.create_run_from_pipeline_package(
         str(package),
@@ -95,7 +104,7 @@ def submit(args) -> str:
 
 def schedule(args) -> str:
     config = _config(args)
-    package = compile_pipeline(config, Path(args.output))
+    package = compile_pipeline(config, _package_path(args))
     client = _client(args)
     experiment = client.create_experiment(args.experiment, namespace=args.namespace)
     job = client.create_recurring_run(
@@ -129,7 +138,7 @@ def _parse_params(items: list[str] | None) -> list[tuple[str, object]]:
 def validate_cron(expression: str) -> str:
     """KFP's scheduler takes six fields, seconds first (`0 0 2 * * *` = 02:00 daily)."""
     if len(expression.split()) != 6:
-        raise ConfigError(f"cron {expression!r} needs 6 fields (seconds first), e.g. '0 0 2 * * *'")
+        raise argparse.ArgumentTypeError(f"cron {expression!r} needs 6 fields (seconds first), e.g. '0 0 2 * * *'")
     return expression
 
 
@@ -160,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "-n PROFILE_NAMESPACE --audience pipelines.kubeflow.org); default: none")
         p.add_argument("--experiment", default="medical-embeddings")
         p.add_argument("--param", action="append", metavar="NAME=VALUE", help="pipeline parameter for this run")
-        p.add_argument("--output", default=DEFAULT_IR_FILE)
+        p.add_argument("--output", default=None, help="also keep the compiled IR here")
         p.add_argument("--no-cache", action="store_true")
         if name == "submit":
             p.add_argument("--run-name", default=None)

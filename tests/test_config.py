@@ -44,3 +44,10 @@ def test_bad_overrides_name_the_field(override, message):
 def test_unknown_profile():
     with pytest.raises(ConfigError, match="unknown profile"):
         load_config("staging")
+
+
+def test_node_selector_override_accepts_key_value_pairs():
+    config = load_config("cluster", ["cluster.gpu_node_selector=cloud.google.com/gke-nodepool=h200-pool"])
+    assert config.cluster.gpu_node_selector == (("cloud.google.com/gke-nodepool", "h200-pool"),)
+    config = load_config("cluster", {"cluster.gpu_node_selector": '[["pool", "a"], ["zone", "b"]]'})
+    assert config.cluster.gpu_node_selector == (("pool", "a"), ("zone", "b"))
