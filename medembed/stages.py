@@ -32,15 +32,25 @@ def prep(config: DataConfig, train_dir: Path, eval_dir: Path) -> data.PrepStats:
     return stats
 
 
-def train(train_dir: Path, model_dir: Path, config: TrainConfig) -> training.TrainResult:
+def train(train_dir: Path, model_dir: Path, config: TrainConfig, curves_dir: Path | None = None) -> training.TrainResult:
+    """Fine-tune; `curves_dir` receives training_curves.{json,png,html}. Resumes from
+    `config.checkpoint_uri` when an earlier attempt left checkpoints there."""
     setup_logging()
     with tempfile.TemporaryDirectory() as work:
-        return training.train(Path(train_dir), Path(model_dir), config, Path(work))
+        return training.train(Path(train_dir), Path(model_dir), config, Path(work), curves_dir=curves_dir)
 
 
-def evaluate(eval_dir: Path, model_dir: Path, results_dir: Path, batch_size: int, query_chunk: int) -> dict:
+def evaluate(eval_dir: Path, model_dir: Path, results_dir: Path, batch_size: int, query_chunk: int,
+             config: "EvalConfig | None" = None) -> dict:
+    """results.json plus the HTML and Markdown reports (report.html, report.md) in `results_dir`."""
+    from dataclasses import replace
+
+    from . import report
+    from .config import EvalConfig
+
     setup_logging()
     info = json.loads((Path(model_dir) / training.TRAINING_INFO).read_text())
+    config = replace(config or EvalConfig(), batch_size=batch_size, query_chunk_size=query_chunk)
     results = evaluation.evaluate(
         Path(eval_dir),
         str(model_dir),
@@ -50,10 +60,12 @@ def evaluate(eval_dir: Path, model_dir: Path, results_dir: Path, batch_size: int
         info["passage_prompt"],
         batch_size,
         query_chunk,
+        config,
     )
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    report.write_reports(results, results_dir)
     log.info("evaluation:\n%s", evaluation.comparison_text(results))
     return results
 

@@ -5,6 +5,8 @@ profile gives every parameter's default (so the Kubeflow UI's run form shows the
 cluster the GPU request, node pool, retries and MinIO secret are attached to the tasks.
 """
 
+import dataclasses
+import json
 
 from kfp import dsl, kubernetes
 
@@ -30,6 +32,9 @@ def build_pipeline(config: PipelineConfig, for_cluster: bool = True):
         dev_fraction: float = data.dev_fraction,
         test_fraction: float = data.test_fraction,
         max_train_pairs: int = data.max_train_pairs,
+        num_negatives: int = data.num_negatives,
+        pii_action: str = data.pii_action,
+        max_bad_row_fraction: float = data.max_bad_row_fraction,
         base_model: str = training.base_model,
         matryoshka_dims: list = list(training.matryoshka_dims),
         epochs: int = training.epochs,
@@ -56,6 +61,14 @@ def build_pipeline(config: PipelineConfig, for_cluster: bool = True):
             test_fraction=test_fraction,
             max_train_pairs=max_train_pairs,
             seed=seed,
+            # The base model tokenises (truncation figures) and mines hard negatives.
+            base_model=base_model,
+            max_seq_length=max_seq_length,
+            num_negatives=num_negatives,
+            pii_action=pii_action,
+            max_bad_row_fraction=max_bad_row_fraction,
+            # The profile's other DataConfig fields (dedup, distractors, mining), as plain JSON.
+            data_options=json.loads(json.dumps(dataclasses.asdict(data))),
         ).set_display_name("data prep")
 
         # 2. GPU training: MatryoshkaLoss(MultipleNegativesRankingLoss)
@@ -72,6 +85,10 @@ def build_pipeline(config: PipelineConfig, for_cluster: bool = True):
             query_prompt=query_prompt,
             passage_prompt=passage_prompt,
             seed=seed,
+            # The profile's other TrainConfig fields (loss, mini-batch, checkpoints, LoRA...), as plain JSON.
+            train_options=json.loads(json.dumps(dataclasses.asdict(training))),
+            # Checkpoints live under <checkpoint_uri>/<run id>: a retry of this run resumes from them.
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ).set_display_name("GPU training")
 
         # 3. Matryoshka evaluation: base vs fine-tuned at every dim
@@ -80,6 +97,14 @@ def build_pipeline(config: PipelineConfig, for_cluster: bool = True):
             model=train.outputs["model"],
             batch_size=eval_batch_size,
             query_chunk_size=evaluation.query_chunk_size,
+            precisions=list(evaluation.precisions),
+            rescore_multiplier=evaluation.rescore_multiplier,
+            tolerance=evaluation.tolerance,
+            bootstrap_samples=evaluation.bootstrap_samples,
+            bootstrap_seed=evaluation.bootstrap_seed,
+            confidence=evaluation.confidence,
+            index_passages=evaluation.index_passages,
+            extra_collections=list(evaluation.extra_collections),
         ).set_display_name("Matryoshka evaluation")
 
         # 4. registration: versioned model + card + metrics; promoted only if it wins
