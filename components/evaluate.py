@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from medembed.config import component_image
 
@@ -10,18 +10,41 @@ def evaluate_models(
     model: Input[Model],
     batch_size: int,
     query_chunk_size: int,
+    precisions: list,
+    rescore_multiplier: int,
+    tolerance: float,
+    bootstrap_samples: int,
+    bootstrap_seed: int,
+    confidence: float,
+    index_passages: int,
+    extra_collections: list,
     metrics: Output[Metrics],
     report: Output[Markdown],
+    report_html: Output[HTML],
     results: Output[Artifact],
 ):
-    """Base vs fine-tuned retrieval metrics at every Matryoshka dim."""
+    """Base vs fine-tuned at every Matryoshka dim x storage precision: scalar metrics named for
+    KFP's run-compare view, an HTML report with plots, a Markdown summary and results.json."""
+    import shutil
     from pathlib import Path
 
-    from medembed import evaluation, stages
+    from medembed import evaluation, report as reports, stages
+    from medembed.config import EvalConfig
 
-    scores = stages.evaluate(Path(eval_data.path), Path(model.path), Path(results.path), batch_size, query_chunk_size)
-    for label in ("base", "finetuned"):
-        for dim in scores["dims"]:
-            for name in evaluation.HEADLINE_METRICS:
-                metrics.log_metric(evaluation.kfp_metric_name(name, dim, label), scores[label][str(dim)][name])
-    Path(report.path).write_text("# Matryoshka evaluation\n\n" + evaluation.comparison_markdown(scores))
+    config = EvalConfig(
+        batch_size=batch_size,
+        query_chunk_size=query_chunk_size,
+        precisions=tuple(precisions),
+        rescore_multiplier=rescore_multiplier,
+        tolerance=tolerance,
+        bootstrap_samples=bootstrap_samples,
+        bootstrap_seed=bootstrap_seed,
+        confidence=confidence,
+        index_passages=index_passages,
+        extra_collections=tuple(extra_collections),
+    )
+    scores = stages.evaluate(Path(eval_data.path), Path(model.path), Path(results.path), batch_size, query_chunk_size, config)
+    for name, value in evaluation.kfp_metrics(scores).items():
+        metrics.log_metric(name, value)
+    shutil.copyfile(Path(results.path) / reports.HTML_FILE, report_html.path)
+    shutil.copyfile(Path(results.path) / reports.MARKDOWN_FILE, report.path)

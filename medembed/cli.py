@@ -58,7 +58,17 @@ def run_local(config: PipelineConfig, runs_dir: Path) -> dict:
     model_uri = task.output
     results = json.loads((Path(model_uri).parent / "metrics.json").read_text())
     manifest = json.loads((Path(model_uri).parent / "manifest.json").read_text())
-    return {"model_uri": model_uri, "results": results, "manifest": manifest, "run_root": str(run_root)}
+    # The evaluation report (what the Kubeflow UI shows as HTML/Markdown) next to the run's config.
+    import shutil
+
+    from .report import HTML_FILE, MARKDOWN_FILE
+
+    evaluation_dir = next(run_root.glob("*/evaluate-models/results"))
+    report = run_root / f"eval-{HTML_FILE}"
+    shutil.copyfile(evaluation_dir / HTML_FILE, report)
+    shutil.copyfile(evaluation_dir / MARKDOWN_FILE, run_root / f"eval-{MARKDOWN_FILE}")
+    return {"model_uri": model_uri, "results": results, "manifest": manifest, "run_root": str(run_root),
+            "report": str(report)}
 
 
 def compile_pipeline(config: PipelineConfig, output: Path) -> Path:
