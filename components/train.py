@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from medembed.config import component_image
 
@@ -20,14 +20,28 @@ def train_model(
     seed: int,
     model: Output[Model],
     training_metrics: Output[Metrics],
+    training_curves: Output[HTML],
+    train_options: dict = {},
+    run_id: str = "",
 ):
-    """Fine-tune with MatryoshkaLoss(MultipleNegativesRankingLoss); bf16 on GPU."""
+    """Fine-tune with MatryoshkaLoss((Cached)MultipleNegativesRankingLoss); bf16 on GPU, one process per
+    GPU, checkpoints under `train_options["checkpoint_uri"]/<run_id>` so a KFP retry resumes."""
+    import dataclasses
+    import shutil
+    import tempfile
     from pathlib import Path
 
-    from medembed import stages
+    from medembed import curves, stages
     from medembed.config import TrainConfig
 
-    config = TrainConfig(
+    # The profile's other TrainConfig fields (loss, mini-batch, checkpoints, LoRA...), as plain JSON.
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(train_options).items() if k in known}
+    if options.get("checkpoint_uri") and run_id:
+        # One folder per pipeline run: its retries share it, other runs never see it.
+        options["checkpoint_uri"] = options["checkpoint_uri"].rstrip("/") + "/" + run_id
+    config = dataclasses.replace(
+        TrainConfig(**options),
         base_model=base_model,
         # KFP hands list parameters over as JSON numbers, which may arrive as floats.
         matryoshka_dims=tuple(int(d) for d in matryoshka_dims),
@@ -41,9 +55,16 @@ def train_model(
         passage_prompt=passage_prompt,
         seed=seed,
     )
-    result = stages.train(Path(train_data.path), Path(model.path), config)
+    with tempfile.TemporaryDirectory() as curves_dir:
+        result = stages.train(Path(train_data.path), Path(model.path), config, curves_dir=Path(curves_dir))
+        # The HTML page inlines its PNG, so the Kubeflow UI shows it from the one artifact.
+        shutil.copyfile(Path(curves_dir) / curves.CURVES_HTML, training_curves.path)
     model.metadata.update(
-        {"base_model": base_model, "dims": result.matryoshka_dims, "framework": "sentence-transformers"}
+        {"base_model": base_model, "dims": result.matryoshka_dims, "framework": "sentence-transformers",
+         "loss": result.loss, "lora_r": result.lora_r}
     )
-    for name in ("train_loss", "train_seconds", "steps", "train_pairs"):
+    for name in ("train_loss", "train_seconds", "steps", "train_pairs", "num_processes", "resumed_from_step"):
         training_metrics.log_metric(name, float(getattr(result, name)))
+    if result.best_metric is not None:
+        training_metrics.log_metric(f"best_{config.best_metric}", float(result.best_metric))
+        training_metrics.log_metric("best_checkpoint_step", float(result.best_checkpoint_step))

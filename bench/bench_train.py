@@ -1,0 +1,301 @@
+"""Training throughput: (a) naive sentence-transformers defaults vs (b) the product's own training path.
+
+(a) SentenceTransformerTrainer + MatryoshkaLoss(MNRL), fp32, batch 32, library defaults.
+(b) `medembed.training.train` itself (the code the training stage runs) with the cluster profile's
+    TrainConfig and the overrides given (default: cached_mnrl, batch 1024).
+
+Model: random-init e5-large shape (XLM-R large: 24 layers, hidden 1024, 16 heads, intermediate 4096,
+vocab 250002) on a GPU; a 2-layer toy on CPU (`--shape tiny`, for CI). Synthetic pairs with
+queries of 16-32 tokens and passages of 64-256 tokens. Each variant runs in its own process (clean
+peak memory, no global torch settings leaking between variants).
+
+MFU counts the model's FLOPs on real (non-padding) tokens only, forward + backward
+(6 x non-embedding params + attention 12 x layers x hidden x length, per token), without GradCache's
+extra no-grad forward, against `--peak-tflops` (790: bf16 dense matmul measured on this H200, GUIDE §4).
+
+Prints one JSON object last; `--out` writes it (bench/results/train-h200.json shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import dataclasses
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if importlib.util.find_spec("medembed") is None:  # not installed (e.g. a bare GPU machine): the repo's copy
+    sys.path.insert(0, str(ROOT))
+
+SHAPES = {
+    "e5-large": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096, vocab_size=250002),
+    "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128, vocab_size=30522),
+}
+QUERY_TOKENS = (16, 32)
+PASSAGE_TOKENS = (64, 256)
+
+
+def default_tokenizer() -> str:
+    carried = ROOT / ".carry" / "minilm"
+    if carried.is_dir():
+        return str(carried)
+    from medembed.models import resolve_model_path
+    from medembed.config import BUNDLED_MINILM
+
+    return resolve_model_path(BUNDLED_MINILM)
+
+
+def build_model(shape: str, tokenizer_dir: str, target: Path) -> Path:
+    """A random-init XLM-R-shaped sentence-transformers model (mean pooling), saved to `target`.
+    The name contains 'e5' so the product applies e5's query/passage prompts, as for the real model."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+
+    if (target / "modules.json").exists():
+        return target
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    # The (WordPiece) tokenizer only supplies ids < its vocab: the compute shape is what matters.
+    config = XLMRobertaConfig(**SHAPES[shape], max_position_embeddings=514, type_vocab_size=1, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    hf_dir = target / "hf"
+    XLMRobertaModel(config).save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    transformer = Transformer(str(hf_dir), max_seq_length=512)
+    model = SentenceTransformer(modules=[transformer, Pooling(config.hidden_size, pooling_mode="mean"), Normalize()], device="cpu")
+    model.save(str(target))
+    return target
+
+
+def synthetic_pairs(tokenizer_dir: str, n: int, seed: int = 0) -> list[dict]:
+    """Unique pairs of random single-token words: queries 16-32 tokens, passages 64-256."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    words = [w for w in tok.get_vocab() if w.isalpha() and w.isascii() and len(w) >= 3]
+    rng = random.Random(seed)
+
+    def text(lo, hi):
+        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+    return [{"anchor": f"{i} " + text(*QUERY_TOKENS), "positive": f"{i} " + text(*PASSAGE_TOKENS)} for i in range(n)]
+
+
+def token_lengths(model, texts: list[str], prompt: str) -> list[int]:
+    tok = model.tokenizer
+    ids = tok([prompt + t for t in texts], truncation=True, max_length=model.max_seq_length)["input_ids"]
+    return [len(i) for i in ids]
+
+
+def model_flops(model, lengths: list[int], train: bool) -> float:
+    """FLOPs for sequences of these real lengths: 2 (fwd) or 6 (fwd+bwd) x params x tokens, plus attention."""
+    cfg = model[0].auto_model.config
+    params = sum(p.numel() for n, p in model.named_parameters() if "word_embeddings" not in n)
+    factor = 6 if train else 2
+    attn = (12 if train else 4) * cfg.num_hidden_layers * cfg.hidden_size
+    return sum(factor * params * n + attn * n * n for n in lengths)
+
+
+class StepTimer:
+    """TrainerCallback timing steps after `warmup` steps (synchronising the GPU at the boundaries)."""
+
+    def __new__(cls, warmup: int):
+        from transformers import TrainerCallback
+
+        class _Timer(TrainerCallback):
+            def __init__(self):
+                self.warmup, self.start, self.steps, self.seconds = warmup, None, 0, 0.0
+
+            def _sync(self):
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self._sync()
+                now = time.perf_counter()
+                if state.global_step == self.warmup:
+                    self.start = now
+                elif state.global_step > self.warmup and self.start is not None:
+                    self.steps = state.global_step - self.warmup
+                    self.seconds = now - self.start
+
+        return _Timer()
+
+
+def run_variant(variant: str, spec: dict) -> dict:
+    import torch
+
+    model_dir, tokenizer_dir = Path(spec["model_dir"]), spec["tokenizer"]
+    batch = spec["naive_batch"] if variant == "naive" else spec["overrides"].get("batch_size", 1024)
+    # Small naive steps are quick: time more of them for a stable figure.
+    steps = spec["warmup"] + spec["steps"] * (3 if variant == "naive" else 1)
+    rows = synthetic_pairs(tokenizer_dir, batch * steps, seed=1)
+    timer = StepTimer(spec["warmup"])
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        if variant == "naive":
+            model, info = _train_naive(model_dir, rows, batch, work, timer)
+        else:
+            model, info = _train_product(model_dir, rows, spec["overrides"], work, timer)
+    q_prompt = (model.prompts or {}).get("query", "") if variant == "product" else ""
+    p_prompt = (model.prompts or {}).get("document", "") if variant == "product" else ""
+    measured_rows = rows
+    q_len = token_lengths(model, [r["anchor"] for r in measured_rows], q_prompt)
+    p_len = token_lengths(model, [r["positive"] for r in measured_rows], p_prompt)
+    per_pair_tokens = (sum(q_len) + sum(p_len)) / len(measured_rows)
+    per_pair_flops = model_flops(model, q_len + p_len, train=True) / len(measured_rows)
+    pairs_per_s = timer.steps * batch / timer.seconds if timer.seconds else 0.0
+    result = {
+        "pairs_per_s": round(pairs_per_s, 1),
+        "tokens_per_s": round(pairs_per_s * per_pair_tokens),
+        "mfu": round(pairs_per_s * per_pair_flops / (spec["peak_tflops"] * 1e12), 4),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "batch_size": batch,
+        "measured_steps": timer.steps,
+        "seconds": round(timer.seconds, 2),
+        "real_tokens_per_pair": round(per_pair_tokens, 1),
+    }
+    result.update(info)
+    return result
+
+
+def _train_naive(model_dir, rows, batch, work, timer):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    model = SentenceTransformer(str(model_dir))
+    dims = [d for d in (1024, 768, 512, 384, 256, 128, 64) if d <= model.get_embedding_dimension()] or [model.get_embedding_dimension()]
+    loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), matryoshka_dims=dims)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work / "out"), per_device_train_batch_size=batch, num_train_epochs=1,
+        save_strategy="no", report_to="none", logging_steps=1000, dataloader_drop_last=True,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss, callbacks=[timer])
+    trainer.train()
+    return model, {"config": "sentence-transformers defaults: fp32, MNRL in MatryoshkaLoss, batch %d" % batch}
+
+
+def _train_product(model_dir, rows, overrides, work, timer):
+    from sentence_transformers import SentenceTransformer
+
+    from medembed import training
+    from medembed.config import CLUSTER
+    from medembed.data import TRAIN_FILE
+
+    train_dir = work / "train"
+    train_dir.mkdir()
+    with open(train_dir / TRAIN_FILE, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    config = dataclasses.replace(
+        CLUSTER.train, base_model=str(model_dir), epochs=1, warmup_steps=0, eval_steps=0, checkpoint_uri="",
+        matryoshka_dims=tuple(d for d in CLUSTER.train.matryoshka_dims if d <= SentenceTransformer(str(model_dir), device="cpu").get_embedding_dimension()),
+    )
+    config = dataclasses.replace(config, **overrides)
+    result = training.train(train_dir, work / "model", config, work / "work", callbacks=[timer])
+    model = SentenceTransformer(str(work / "model"), device="cpu")
+    used = {k: v for k, v in dataclasses.asdict(config).items() if k in ("loss", "batch_size", "mini_batch_size", "sort_by_length", "dataloader_workers", "max_seq_length")}
+    return model, {"config": used, "bf16": result.bf16, "train_loss": result.train_loss}
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("transformers", "sentence-transformers", "datasets", "accelerate"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    out["cuda"] = torch.version.cuda
+    out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = json.loads(value) if value[:1] in "0123456789[-tf" and value not in ("",) else value
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: e5-large on GPU, tiny on CPU")
+    parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--variants", default="naive,product")
+    parser.add_argument("--product", action="append", default=[], help="TrainConfig override for (b), key=value (repeatable)")
+    parser.add_argument("--extra", action="append", default=[], help="extra product variants: 'name:key=value,key=value'")
+    parser.add_argument("--naive-batch", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--peak-tflops", type=float, default=790.0)
+    parser.add_argument("--model-dir", default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print("RESULT " + json.dumps(run_variant(args.worker, json.loads(args.spec))), flush=True)
+        return
+
+    import torch
+
+    shape = args.shape or ("e5-large" if torch.cuda.is_available() else "tiny")
+    tokenizer = args.tokenizer or default_tokenizer()
+    model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"bench-e5-{shape}-random")
+    t0 = time.perf_counter()
+    build_model(shape, tokenizer, model_dir)
+    print(f"model {shape} ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    overrides = {"loss": "cached_mnrl", "batch_size": 1024, "mini_batch_size": 128}
+    if shape == "tiny":
+        overrides = {"loss": "cached_mnrl", "batch_size": 64, "mini_batch_size": 16}
+    overrides.update(parse_overrides(args.product))
+    variants = [(v, overrides) for v in args.variants.split(",") if v]
+    for extra in args.extra:
+        name, _, body = extra.partition(":")
+        variants.append((name, {**overrides, **parse_overrides([kv for kv in body.split(",") if kv])}))
+    results = {}
+    for name, over in variants:
+        spec = {"model_dir": str(model_dir), "tokenizer": tokenizer, "overrides": over, "naive_batch": args.naive_batch,
+                "warmup": args.warmup, "steps": args.steps, "peak_tflops": args.peak_tflops}
+        kind = "naive" if name == "naive" else "product"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", json.dumps(spec)], env=env,
+                              capture_output=True, text=True)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            results[name] = {"error": (proc.stderr or proc.stdout)[-3000:]}
+        else:
+            results[name] = json.loads(lines[-1][7:])
+        print(f"{name}: {json.dumps(results[name])[:600]} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        report = {**results, "shape": shape, "peak_tflops": args.peak_tflops,
+                  "lengths": {"query_tokens": QUERY_TOKENS, "passage_tokens": PASSAGE_TOKENS}, "versions": versions()}
+        if args.out:  # after every variant: a run cut short still leaves what it measured
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

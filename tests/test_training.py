@@ -1,0 +1,179 @@
+"""Training stage behaviour on the tiny random model (CPU, seconds): losses, length sorting, evaluation
+during training with the best checkpoint kept, curves, object-store checkpoints and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_rows, write_jsonl
+from medembed import checkpoints, curves, training
+from medembed.config import TrainConfig
+
+
+def _train_dir(tmp_path: Path) -> Path:
+    rows = make_rows()
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    write_jsonl(train_dir / "train.jsonl", [{"anchor": r["question"], "positive": r["answer"]} for r in rows[:40]])
+    write_jsonl(train_dir / "dev.jsonl", [{"anchor": r["question"], "positive": r["answer"]} for r in rows[40:]])
+    return train_dir
+
+
+def _config(model_dir: Path, **changes) -> TrainConfig:
+    base = TrainConfig(
+        base_model=str(model_dir), matryoshka_dims=(64, 32), epochs=2, batch_size=8, learning_rate=1e-3,
+        warmup_steps=0, eval_steps=0, max_seq_length=32, query_prompt="", passage_prompt="", mini_batch_size=3,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_cached_loss_with_sorted_batches_trains_and_exports(tmp_path, tiny_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "model"
+    result = training.train(_train_dir(tmp_path), out, _config(tiny_model_dir, loss="cached_mnrl"), tmp_path / "work")
+    info = json.loads((out / training.TRAINING_INFO).read_text())
+    assert info["steps"] == result.steps == 10  # 40 pairs / 8 per batch x 2 epochs
+    assert info["loss"] == "cached_mnrl" and info["bf16"] is False
+    assert SentenceTransformer(str(out), device="cpu").encode(["fever"]).shape == (1, 64)
+
+
+def test_length_sorted_collator_keeps_pairs_together():
+    seen = []
+    collator = training.LengthSortedCollator(lambda rows: seen.extend(rows) or "batch")
+    rows = [{"anchor": "q1", "positive": "a"}, {"anchor": "q2", "positive": "aaa"}, {"anchor": "q3", "positive": "aa"}]
+    assert collator(rows) == "batch"
+    assert [r["anchor"] for r in seen] == ["q2", "q3", "q1"]
+
+
+def test_cached_loss_equals_plain_loss(tiny_model_dir):
+    """GradCache splits the batch into mini-batches but must compute the same loss value."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    model.eval()  # no dropout, so both losses see identical embeddings
+    rows = make_rows()[:12]
+    features = [model.tokenize([r["question"] for r in rows]), model.tokenize([r["answer"] for r in rows])]
+    labels = torch.zeros(len(rows))
+    values = {}
+    for name in ("mnrl", "cached_mnrl"):
+        loss = training.build_loss(model, TrainConfig(loss=name, mini_batch_size=5), [64, 32])
+        values[name] = float(loss(features, labels))
+    assert values["mnrl"] == pytest.approx(values["cached_mnrl"], rel=1e-4)
+
+
+def test_invalid_options_are_rejected(tiny_model_dir):
+    with pytest.raises(ValueError, match="loss must be one of"):
+        training.validate(TrainConfig(loss="triplet", matryoshka_dims=(64,)), 64)
+    with pytest.raises(ValueError, match="eval_dims"):
+        training.validate(TrainConfig(matryoshka_dims=(64, 32), eval_dims=(16,)), 64)
+
+
+def test_evaluation_during_training_keeps_best_and_writes_curves(tmp_path, tiny_model_dir):
+    out, curves_dir = tmp_path / "model", tmp_path / "curves"
+    config = _config(tiny_model_dir, eval_steps=2, eval_dims=(64, 32), best_metric="dim32_ndcg@10")
+    result = training.train(_train_dir(tmp_path), out, config, tmp_path / "work", curves_dir=curves_dir)
+    data = json.loads((curves_dir / curves.CURVES_JSON).read_text())
+    assert set(data["eval"]) == {"dim64_ndcg@10", "dim32_ndcg@10", "mean_ndcg@10"}
+    assert [step for step, _ in data["eval"]["dim32_ndcg@10"]] == [2, 4, 6, 8, 10]
+    assert data["loss"]
+    best_step, best_value = max(data["eval"]["dim32_ndcg@10"], key=lambda sv: sv[1])
+    assert result.best_metric == pytest.approx(best_value)
+    assert result.best_checkpoint_step == best_step
+    assert (curves_dir / curves.CURVES_HTML).read_text().startswith("<html>")
+
+
+def test_retrieval_evaluator_scores_a_perfect_model():
+    """An identity 'model' that embeds each text as its one-hot row ranks every positive first."""
+    import torch
+
+    rows = [{"anchor": f"q{i}", "positive": f"p{i}"} for i in range(4)]
+    evaluator = curves.RetrievalEvaluator(rows, [4, 2])
+
+    class OneHot:
+        device = torch.device("cpu")
+
+        def parameters(self):
+            yield torch.zeros(1)
+
+        def _embed(self, texts, **_):
+            return torch.eye(4)[[int(t[1:]) for t in texts]]
+
+        encode_query = encode_document = _embed
+
+    metrics = evaluator(OneHot())
+    assert metrics["dev_dim4_ndcg@10"] == pytest.approx(1.0)
+    assert metrics["dev_dim2_ndcg@10"] < 1.0  # two dims cannot separate four one-hot texts
+
+
+class _PreemptAt:
+    """Raises inside training after `step` steps, as a pre-empted pod would die."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def __call__(self):
+        from transformers import TrainerCallback
+
+        stop_step = self.step
+
+        class Preempt(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == stop_step:
+                    raise KeyboardInterrupt("pre-empted")
+
+        return Preempt()
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_killed_training_resumes_from_last_checkpoint(tmp_path, tiny_model_dir, store, request):
+    if store == "s3":
+        request.getfixturevalue("s3_endpoint")
+        uri = "s3://checkpoints/run-1"
+    else:
+        uri = str(tmp_path / "store")
+    train_dir = _train_dir(tmp_path)
+    config = _config(tiny_model_dir, checkpoint_uri=uri, checkpoint_steps=3, checkpoint_keep=2)
+
+    with pytest.raises(KeyboardInterrupt):
+        training.train(train_dir, tmp_path / "m1", config, tmp_path / "w1", callbacks=[_PreemptAt(7)()])
+    assert checkpoints.CheckpointStore(uri).steps() == [6, 3]
+    assert not (tmp_path / "m1" / training.TRAINING_INFO).exists()
+
+    # The retry runs in a fresh pod: new work dir, nothing local survives.
+    resumed = training.train(train_dir, tmp_path / "m2", config, tmp_path / "w2")
+    assert resumed.resumed_from_step == 6
+    assert resumed.steps == 10
+    assert json.loads((tmp_path / "m2" / training.TRAINING_INFO).read_text())["steps"] == 10
+    # The trainer also saves at the last step; older checkpoints are pruned to checkpoint_keep.
+    assert checkpoints.CheckpointStore(uri).steps() == [10, 9]
+
+
+def test_corrupt_or_partial_checkpoints_are_skipped(tmp_path, tiny_model_dir):
+    uri = tmp_path / "store"
+    train_dir = _train_dir(tmp_path)
+    config = _config(tiny_model_dir, checkpoint_uri=str(uri), checkpoint_steps=2, checkpoint_keep=5)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(train_dir, tmp_path / "m1", config, tmp_path / "w1", callbacks=[_PreemptAt(7)()])
+    assert checkpoints.CheckpointStore(str(uri)).steps() == [6, 4, 2]
+    # Step 6: a file truncated after its marker was written; step 4 never got its marker (partial upload).
+    weights = next((uri / checkpoints.checkpoint_name(6)).rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    (uri / checkpoints.checkpoint_name(4) / checkpoints.MARKER).unlink()
+
+    resumed = training.train(train_dir, tmp_path / "m2", config, tmp_path / "w2")
+    assert resumed.resumed_from_step == 2
+    assert resumed.steps == 10
+
+
+def test_hard_negative_columns_get_the_passage_prompt():
+    from medembed.training import column_prompts
+
+    prompts = column_prompts(["anchor", "positive", "negative_1", "negative_2"], "query: ", "passage: ")
+    assert prompts == {"anchor": "query: ", "positive": "passage: ", "negative_1": "passage: ", "negative_2": "passage: "}
+    assert column_prompts(["anchor", "positive"], "", "") is None
