@@ -121,15 +121,19 @@ def build_pipeline(config: PipelineConfig, for_cluster: bool = True):
         register.set_caching_options(False)
 
         if for_cluster:
-            place_on_cluster(config.cluster, prep=prep, train=train, evaluate=evaluate, register=register)
+            place_on_cluster(config.cluster, prep=prep, train=train, evaluate=evaluate, register=register,
+                             prep_needs_gpu=data.num_negatives > 0)
         return register.outputs["model_uri"]
 
     return medical_embedding_pipeline
 
 
-def place_on_cluster(cluster: ClusterConfig, *, prep, train, evaluate, register) -> None:
-    """GPU node pool for the model stages, MinIO credentials from a Secret for every stage."""
-    for task in (train, evaluate):
+def place_on_cluster(cluster: ClusterConfig, *, prep, train, evaluate, register, prep_needs_gpu: bool) -> None:
+    """GPU node pool for the stages that run the model (prep too when it mines hard negatives with
+    the base model: e5-large on CPU would take longer than training), MinIO credentials from a
+    Secret for every stage."""
+    gpu_tasks = (prep, train, evaluate) if prep_needs_gpu else (train, evaluate)
+    for task in gpu_tasks:
         task.set_accelerator_type(cluster.gpu_resource).set_accelerator_limit(cluster.gpu_count)
         task.set_cpu_request(cluster.train_cpu).set_memory_request(cluster.train_memory)
         for key, value in cluster.gpu_node_selector:
@@ -139,7 +143,7 @@ def place_on_cluster(cluster: ClusterConfig, *, prep, train, evaluate, register)
         )
     # Pre-emptible GPU nodes kill pods: let KFP retry the training task.
     train.set_retry(num_retries=cluster.train_retries, backoff_duration="60s", backoff_factor=2)
-    for task in (prep, register):
+    for task in [t for t in (prep, register) if t not in gpu_tasks]:
         task.set_cpu_request(cluster.cpu_task_cpu).set_memory_request(cluster.cpu_task_memory)
     for task in (prep, train, evaluate, register):
         kubernetes.use_secret_as_env(

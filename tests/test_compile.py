@@ -45,9 +45,22 @@ def test_training_task_requests_one_gpu_on_the_gpu_pool(compiled):
     train = k8s["exec-train-model"]
     assert train["nodeSelector"]["labels"] == {"cloud.google.com/gke-nodepool": "gpu-pool"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in train["tolerations"]
-    # CPU stages must not hold a GPU.
+    # Registration must not hold a GPU; prep does while the profile mines hard negatives with the base model.
+    executors = spec["deploymentSpec"]["executors"]
+    assert "accelerator" not in executors["exec-register-model"]["container"].get("resources", {})
+    assert "nodeSelector" not in k8s["exec-register-model"]
+    assert executors["exec-prep-data"]["container"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+
+
+def test_prep_stays_on_cpu_without_mining(tmp_path):
+    from medembed.cli import main
+
+    output = tmp_path / "no-mining.yaml"
+    assert main(["compile", "--output", str(output), "--set", "data.num_negatives=0"]) == 0
+    spec, k8s = list(yaml.safe_load_all(output.read_text()))
+    prep = k8s["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-prep-data"]
     assert "accelerator" not in spec["deploymentSpec"]["executors"]["exec-prep-data"]["container"].get("resources", {})
-    assert "nodeSelector" not in k8s["exec-prep-data"]
+    assert "nodeSelector" not in prep
 
 
 def test_every_task_reads_minio_credentials_from_the_secret(compiled):
