@@ -473,7 +473,8 @@ def encode_ir_set(model, queries: dict[str, str], corpus: dict[str, str], batch_
 
 
 def evaluate(eval_dir: Path, finetuned_ref: str, base_ref: str, dims: list[int], query_prompt: str,
-             passage_prompt: str, batch_size: int, query_chunk: int = 1024, config: EvalConfig | None = None) -> dict:
+             passage_prompt: str, batch_size: int, query_chunk: int = 1024, config: EvalConfig | None = None,
+             max_seq_length: int | None = None) -> dict:
     """Base vs fine-tuned at every (dim, precision) on the prepared IR set and on every extra
     collection. Each model is loaded once and encodes each collection once."""
     from .models import configure_torch, load_model
@@ -493,7 +494,7 @@ def evaluate(eval_dir: Path, finetuned_ref: str, base_ref: str, dims: list[int],
     latency = {c.name: {} for c in collections}
     encode_seconds: dict[str, float] = {}
     for label, ref in (("base", base_ref), ("finetuned", finetuned_ref)):
-        model = load_model(ref, query_prompt, passage_prompt, device=device)
+        model = load_model(ref, query_prompt, passage_prompt, max_seq_length or None, device=device)
         if model.get_embedding_dimension() < dims[0]:
             raise ValueError(f"{label} model has {model.get_embedding_dimension()} dims, fewer than {dims[0]}")
         for collection in collections:

@@ -61,6 +61,7 @@ def evaluate(eval_dir: Path, model_dir: Path, results_dir: Path, batch_size: int
         batch_size,
         query_chunk,
         config,
+        max_seq_length=info.get("max_seq_length"),
     )
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,8 @@ class TrainResult:
     best_checkpoint_step: int = 0
     best_metric: float | None = None
     lora_r: int = 0
+    # Evaluation encodes base and fine-tuned models at this length, so neither sees more text.
+    max_seq_length: int = 0
 
 
 def validate(config: TrainConfig, model_dim: int) -> list[int]:
@@ -248,6 +250,7 @@ def train(
         best_checkpoint_step=best_step,
         best_metric=trainer.state.best_metric,
         lora_r=config.lora_r,
+        max_seq_length=config.max_seq_length,
     )
     if rank == 0:
         output_dir = Path(output_dir)
