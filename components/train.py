@@ -32,16 +32,15 @@ def train_model(
     from pathlib import Path
 
     from medembed import curves, stages
-    from medembed.config import TrainConfig
+    from medembed.config import TrainConfig, section_from_dict
 
     # The profile's other TrainConfig fields (loss, mini-batch, checkpoints, LoRA...), as plain JSON.
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(train_options).items() if k in known}
-    if options.get("checkpoint_uri") and run_id:
+    options = section_from_dict(TrainConfig, dict(train_options), ignore_unknown=True)
+    if options.checkpoint_uri and run_id:
         # One folder per pipeline run: its retries share it, other runs never see it.
-        options["checkpoint_uri"] = options["checkpoint_uri"].rstrip("/") + "/" + run_id
+        options = dataclasses.replace(options, checkpoint_uri=options.checkpoint_uri.rstrip("/") + "/" + run_id)
     config = dataclasses.replace(
-        TrainConfig(**options),
+        options,
         base_model=base_model,
         # KFP hands list parameters over as JSON numbers, which may arrive as floats.
         matryoshka_dims=tuple(int(d) for d in matryoshka_dims),

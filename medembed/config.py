@@ -249,9 +249,44 @@ def _split_assignment(item: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def section_from_dict(section_type: type, values: dict[str, Any], ignore_unknown: bool = False):
+    """A config section (DataConfig, TrainConfig, ...) from JSON-ish values, e.g. a KFP dict parameter.
+
+    KFP carries dicts as protobuf Structs, so ints come back as floats and tuples as lists: every
+    value is cast back to its field's type (a float 128.0 would break `range()` deep in training).
+    """
+    defaults = section_type()
+    fields = {f.name for f in dataclasses.fields(section_type)}
+    unknown = set(values) - fields
+    if unknown and not ignore_unknown:
+        raise ConfigError(f"unknown {section_type.__name__} fields {sorted(unknown)}; known: {sorted(fields)}")
+    return section_type(**{
+        name: _coerce(value, getattr(defaults, name), name) for name, value in values.items() if name in fields
+    })
+
+
 def _coerce(value: Any, current: Any, name: str) -> Any:
+    if value is None:
+        return None
     if not isinstance(value, str):
-        return tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+        try:
+            if isinstance(current, bool):
+                return bool(value)
+            if isinstance(current, int):
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)
+                return int(value)
+            if isinstance(current, float):
+                return float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"cannot read {name}={value!r} as {type(current).__name__}") from exc
+        if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+            if current and isinstance(current[0], tuple):
+                return tuple(tuple(item) for item in value)
+            if current and isinstance(current[0], int):
+                return tuple(int(item) for item in value)
+            return tuple(value)
+        return value
     try:
         if isinstance(current, bool):
             if value.lower() in ("1", "true", "yes"):

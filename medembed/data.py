@@ -12,7 +12,6 @@ before any GPU time is spent, and outputs are staged and moved in only when ever
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -29,7 +28,7 @@ from typing import Iterable
 import numpy as np
 
 from . import data_card, dedup, privacy, validation
-from .config import DataConfig
+from .config import ConfigError, DataConfig, section_from_dict
 from .ingest import BUNDLED_DATA, SOURCE_TAG, DataError, parse_column_map, parse_inputs, read_records, resolve_local_path  # noqa: F401
 from .validation import RowIssue, ValidationReport, normalize_text  # noqa: F401
 
@@ -99,27 +98,11 @@ class _Timer:
 
 
 def config_from_options(options: dict) -> DataConfig:
-    """A DataConfig from a JSON-ish dict (a KFP dict parameter): KFP hands ints back as floats and
-    tuples as lists, so each value is cast to its field's type."""
-    defaults = DataConfig()
-    known = {f.name for f in dataclasses.fields(DataConfig)}
-    unknown = set(options) - known
-    if unknown:
-        raise DataError(f"unknown data options {sorted(unknown)}; known: {sorted(known)}")
-
-    def cast(name: str, value):
-        current = getattr(defaults, name)
-        if isinstance(current, bool):
-            return bool(value)
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-        if isinstance(current, tuple):
-            return tuple(value)
-        return value
-
-    return DataConfig(**{name: cast(name, value) for name, value in options.items()})
+    """A DataConfig from a KFP dict parameter (ints arrive as floats, tuples as lists)."""
+    try:
+        return section_from_dict(DataConfig, options)
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- ingest + validate + normalise

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import TrainConfig, section_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ def launch(train_dir: Path, output_dir: Path, config: TrainConfig, work_dir: Pat
 
 
 def _config_from_dict(values: dict) -> TrainConfig:
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields})
+    return section_from_dict(TrainConfig, values, ignore_unknown=True)
 
 
 def main(argv: list[str]) -> None:

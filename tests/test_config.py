@@ -51,3 +51,22 @@ def test_node_selector_override_accepts_key_value_pairs():
     assert config.cluster.gpu_node_selector == (("cloud.google.com/gke-nodepool", "h200-pool"),)
     config = load_config("cluster", {"cluster.gpu_node_selector": '[["pool", "a"], ["zone", "b"]]'})
     assert config.cluster.gpu_node_selector == (("pool", "a"), ("zone", "b"))
+
+
+def test_sections_survive_a_kfp_dict_round_trip():
+    """KFP hands dict parameters back with ints as floats and tuples as lists."""
+    import dataclasses
+    import json
+
+    from medembed.config import DataConfig, TrainConfig, section_from_dict
+
+    train = load_config("cluster").train
+    mangled = json.loads(json.dumps({k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                                     for k, v in dataclasses.asdict(train).items()}))
+    restored = section_from_dict(TrainConfig, mangled)
+    assert restored == train
+    assert isinstance(restored.mini_batch_size, int) and isinstance(restored.matryoshka_dims[0], int)
+    with pytest.raises(ConfigError, match="cannot read epochs=2.5"):
+        section_from_dict(TrainConfig, {"epochs": 2.5})
+    with pytest.raises(ConfigError, match="unknown DataConfig fields"):
+        section_from_dict(DataConfig, {"colour": "red"})

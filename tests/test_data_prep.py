@@ -276,5 +276,5 @@ def test_config_from_kfp_style_options():
     options = json.loads(json.dumps(dataclasses.asdict(LOCAL.data)))
     options = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in options.items()}
     assert data.config_from_options(options) == LOCAL.data
-    with pytest.raises(DataError, match="unknown data options"):
+    with pytest.raises(DataError, match="unknown DataConfig fields"):
         data.config_from_options({"nope": 1})
