@@ -20,6 +20,8 @@ def tiny_config(tmp_path, model_dir, data_uri):
             "data.min_train_pairs": 4,
             "data.dev_fraction": 0.0,
             "data.test_fraction": 0.25,
+            # Mining and negative columns ride through every stage, as on the cluster.
+            "data.num_negatives": 1,
             "train.base_model": str(model_dir),
             "train.matryoshka_dims": "64,32,16",
             "train.batch_size": 8,
@@ -51,6 +53,8 @@ def test_pipeline_runs_end_to_end_and_registers(tmp_path, tiny_model_dir, pairs_
     assert manifest["index_contract"]["valid_dims"] == [64, 32, 16]
     assert manifest["data_fingerprint"] and manifest["eval_fingerprint"] == results["eval_fingerprint"]
     assert (model_dir / "README.md").read_text().startswith("---")
+    train_rows = (next((tmp_path / "runs").rglob("train_data/train.jsonl"))).read_text().splitlines()
+    assert set(json.loads(train_rows[0])) == {"anchor", "positive", "negative_1"}
 
     model = SentenceTransformer(str(model_dir), device="cpu", truncate_dim=16)
     assert model.encode_query(["What causes gout ?"]).shape == (1, 16)
