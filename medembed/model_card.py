@@ -10,6 +10,13 @@ MEDQUAD_ATTRIBUTION = (
 )
 
 
+def data_licence(source: str) -> str:
+    """MedQuAD's CC BY 4.0 requires attribution wherever models trained on it are shared."""
+    if "medquad" in source.lower():
+        return MEDQUAD_ATTRIBUTION
+    return f"Trained on `{source}`: check that data's licence before sharing this model."
+
+
 def index_contract(train_info: dict) -> dict:
     """What a vector index built with this model must respect; stored in the registry too."""
     return {
@@ -53,6 +60,6 @@ q = model.encode_query(["What are the symptoms of anemia?"], normalize_embedding
 Data fingerprint: `{data_stats.get('fingerprint', '')}`; evaluation set fingerprint: `{results.get('eval_fingerprint', '')}`.
 
 ## Data and licence
-{MEDQUAD_ATTRIBUTION}
+{data_licence(data_stats.get('source', ''))}
 Not a medical device; retrieval quality was measured on the split above only.
 """

@@ -112,3 +112,11 @@ def test_s3_registry_against_live_endpoint(s3_endpoint, tmp_path):
     downloaded = tmp_path / "download"
     assert store.download_dir("medical/v0003/model", downloaded) == 3
     assert (downloaded / "weights.bin").read_bytes() == b"\x00" * 1024
+
+
+def test_model_card_attributes_medquad_only_when_trained_on_it():
+    from medembed.model_card import MEDQUAD_ATTRIBUTION, data_licence
+
+    assert data_licence("bundled:medquad-sample") == MEDQUAD_ATTRIBUTION
+    assert data_licence("s3://medembed-data/medquad/medquad.jsonl.gz") == MEDQUAD_ATTRIBUTION
+    assert "check that data's licence" in data_licence("s3://bucket/clinic-faq.jsonl")
