@@ -13,8 +13,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from . import data, evaluation, model_card, training
-from .config import DataConfig, RegistryConfig, TrainConfig
+from . import data, evaluation, model_card, report, training
+from .config import DataConfig, EvalConfig, RegistryConfig, TrainConfig
 from .models import setup_logging
 from .registry import ModelRegistry
 from .storage import open_store
@@ -41,16 +41,11 @@ def train(train_dir: Path, model_dir: Path, config: TrainConfig, curves_dir: Pat
 
 
 def evaluate(eval_dir: Path, model_dir: Path, results_dir: Path, batch_size: int, query_chunk: int,
-             config: "EvalConfig | None" = None) -> dict:
+             config: EvalConfig | None = None) -> dict:
     """results.json plus the HTML and Markdown reports (report.html, report.md) in `results_dir`."""
-    from dataclasses import replace
-
-    from . import report
-    from .config import EvalConfig
-
     setup_logging()
     info = json.loads((Path(model_dir) / training.TRAINING_INFO).read_text())
-    config = replace(config or EvalConfig(), batch_size=batch_size, query_chunk_size=query_chunk)
+    # evaluation.evaluate applies batch_size / query_chunk over the rest of `config`.
     results = evaluation.evaluate(
         Path(eval_dir),
         str(model_dir),
