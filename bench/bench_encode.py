@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--shape", default=None)
     parser.add_argument("--passages", type=int, default=None, help="default: 32768 on GPU, 512 on CPU")
     parser.add_argument("--batch-size", type=int, action="append", default=None, help="repeatable; default 256")
+    parser.add_argument("--workers", type=int, default=-1, help="tokenising processes (-1: the encoder's default)")
+    parser.add_argument("--packed", default="auto", help="packed_attention: auto/on/off")
+    parser.add_argument("--compile", default="auto", help="compile_layers: auto/on/off")
     parser.add_argument("--peak-tflops", type=float, default=790.0)
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--out", default=None)
@@ -36,6 +39,7 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from medembed import packing
     from medembed.encoding import encode
     from medembed.models import configure_torch
 
@@ -51,23 +55,22 @@ def main() -> None:
     texts = [r["positive"] for r in synthetic_pairs(tokenizer, n, seed=2)]
     lengths = token_lengths(model, texts, "passage: ")
     flops = model_flops(model, lengths, train=False)
-    # What the CPU alone can feed: tokenising every text (as encode does, all cores) without the GPU.
-    from medembed.encoding import _parallel_tokenizer
+    # What the CPU alone can feed: the encoder's own tokenising DataLoader, without the GPU.
+    from medembed.encoding import tokenize_only
 
-    with _parallel_tokenizer(cuda):
-        start = time.perf_counter()
-        for i in range(0, n, 256):
-            model.tokenize(["passage: " + t for t in texts[i : i + 256]])
-        tokenize_per_s = round(n / (time.perf_counter() - start), 1)
+    start = time.perf_counter()
+    tokenize_only(model, texts, "passage: ", 256, workers=args.workers)
+    tokenize_per_s = round(n / (time.perf_counter() - start), 1)
     print(f"tokenisation alone: {tokenize_per_s} passages/s", flush=True)
+    opts = dict(packed_attention=args.packed, compile_layers=args.compile, workers=args.workers)
     runs = {}
     for batch in args.batch_size or [256]:
-        encode(model, texts[: min(len(texts), 4 * batch)], "document", batch, show_progress_bar=False)  # warm-up
+        encode(model, texts[: min(len(texts), 4 * batch)], "document", batch, show_progress_bar=False, **opts)  # warm-up (compiles)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        out = encode(model, texts, "document", batch, show_progress_bar=False)
+        out = encode(model, texts, "document", batch, show_progress_bar=False, **opts)
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -83,7 +86,8 @@ def main() -> None:
     best_batch = max(runs, key=lambda b: runs[b]["passages_per_s"])
     report = {**runs[best_batch], "batch_size": best_batch, "passages": n, "shape": shape,
               "mean_tokens": round(sum(lengths) / n, 1), "by_batch_size": runs, "peak_tflops": args.peak_tflops,
-              "precision": "bf16 autocast" if cuda else "fp32", "tokenize_only_passages_per_s": tokenize_per_s, "versions": versions()}
+              "precision": "bf16 autocast" if cuda else "fp32", "options": opts,
+              "packed": packing.is_enabled(model), "tokenize_only_passages_per_s": tokenize_per_s, "versions": versions()}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))

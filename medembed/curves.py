@@ -33,9 +33,12 @@ class RetrievalEvaluator(_evaluator_base()):
     """NDCG@10 and MRR@10 of each dev query against all dev passages, per Matryoshka dim, plus their
     mean over dims (`mean_ndcg@10`, the default metric that picks the best checkpoint)."""
 
-    def __init__(self, dev_rows: list[dict], dims: list[int], batch_size: int = 64, name: str = "dev"):
+    def __init__(self, dev_rows: list[dict], dims: list[int], batch_size: int = 64, name: str = "dev",
+                 packed_attention: str = "auto"):
         super().__init__()
         self.name = name
+        # The training stage decides packing for the model it trains; the evaluator must not override it.
+        self.packed_attention = packed_attention
         self.dims = sorted({int(d) for d in dims}, reverse=True)
         self.batch_size = batch_size
         passages: dict[str, int] = {}
@@ -54,8 +57,10 @@ class RetrievalEvaluator(_evaluator_base()):
 
         from .encoding import encode
 
-        queries = encode(model, self.queries, "query", self.batch_size, show_progress_bar=False).float()
-        docs = encode(model, self.passages, "document", self.batch_size, show_progress_bar=False).float()
+        # Dev sets are small: tokenising in this process beats forking workers mid-training.
+        options = dict(show_progress_bar=False, packed_attention=self.packed_attention, workers=0)
+        queries = encode(model, self.queries, "query", self.batch_size, **options).float()
+        docs = encode(model, self.passages, "document", self.batch_size, **options).float()
         metrics: dict[str, float] = {}
         k = min(TOP_K, len(self.passages))
         discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float32))

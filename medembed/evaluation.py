@@ -464,12 +464,13 @@ def collection_name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1] or uri
 
 
-def encode_ir_set(model, queries: dict[str, str], corpus: dict[str, str], batch_size: int):
-    """Full-dim embeddings with the model's query and document prompts."""
+def encode_ir_set(model, queries: dict[str, str], corpus: dict[str, str], batch_size: int, **speed_options):
+    """Full-dim embeddings with the model's query and document prompts (`speed_options`: encoding.encode's
+    packed_attention / compile_layers)."""
     from .encoding import encode
 
-    return (encode(model, list(queries.values()), "query", batch_size),
-            encode(model, list(corpus.values()), "document", batch_size))
+    return (encode(model, list(queries.values()), "query", batch_size, **speed_options),
+            encode(model, list(corpus.values()), "document", batch_size, **speed_options))
 
 
 def evaluate(eval_dir: Path, finetuned_ref: str, base_ref: str, dims: list[int], query_prompt: str,
@@ -501,7 +502,8 @@ def evaluate(eval_dir: Path, finetuned_ref: str, base_ref: str, dims: list[int],
             log.info("%s model: encoding %d queries and %d passages of %s", label, len(collection.queries),
                      len(collection.corpus), collection.name)
             start = time.perf_counter()
-            q, c = encode_ir_set(model, collection.queries, collection.corpus, batch_size)
+            q, c = encode_ir_set(model, collection.queries, collection.corpus, batch_size,
+                                 packed_attention=config.packed_attention, compile_layers=config.compile_layers)
             encode_seconds[f"{collection.name}.{label}"] = time.perf_counter() - start
             log.info("%s model: scoring %d dims x %d precisions on %s", label, len(dims), len(precisions), collection.name)
             per_query[collection.name][label], latency[collection.name][label] = score_grid(
