@@ -208,8 +208,8 @@ def _train_product(model_dir, rows, overrides, work, timer):
     config = dataclasses.replace(config, **overrides)
     result = training.train(train_dir, work / "model", config, work / "work", callbacks=[timer])
     model = SentenceTransformer(str(work / "model"), device="cpu")
-    used = {k: v for k, v in dataclasses.asdict(config).items() if k in ("loss", "batch_size", "mini_batch_size", "sort_by_length", "dataloader_workers", "max_seq_length")}
-    return model, {"config": used, "bf16": result.bf16, "train_loss": result.train_loss}
+    used = {k: v for k, v in dataclasses.asdict(config).items() if k in ("loss", "batch_size", "mini_batch_size", "mini_batch_tokens", "sort_by_length", "dataloader_workers", "max_seq_length", "packed_attention", "compile_layers")}
+    return model, {"config": used, "bf16": result.bf16, "packed": result.packed_attention, "train_loss": result.train_loss}
 
 
 def versions() -> dict:

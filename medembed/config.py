@@ -88,10 +88,17 @@ class TrainConfig:
     # mini_batch_size rows however large batch_size (the in-batch negatives) is.
     loss: str = "mnrl"
     mini_batch_size: int = 128
+    # cached_mnrl: when > 0, mini-batches hold up to this many real tokens instead of mini_batch_size rows
+    # (short queries then go in few large forwards; memory follows tokens, not rows).
+    mini_batch_tokens: int = 0
     # Rows of a batch ordered by length, so GradCache mini-batches carry little padding.
     sort_by_length: bool = True
     # Tokenising worker processes, so the GPU does not wait for the next batch; -1 = 4 on GPU, 0 on CPU.
     dataloader_workers: int = -1
+    # Padding-free forward (packing.py): "auto" = on CUDA with torch's varlen attention, "on", "off".
+    packed_attention: str = "auto"
+    # torch.compile of each encoder layer on the packed path: "auto" = on CUDA, "on", "off".
+    compile_layers: str = "auto"
     # Processes (one per GPU) on this node; 0 = one per visible GPU (1 on CPU).
     num_processes: int = 0
     # With several processes, score each query against the other processes' passages too.
@@ -131,6 +138,9 @@ class EvalConfig:
     index_passages: int = 10_000_000
     # More BEIR-layout collections (folder or s3:// prefix with queries.jsonl, corpus.jsonl, qrels.tsv).
     extra_collections: tuple[str, ...] = ()
+    # Encoder speed on GPU, as in TrainConfig: padding-free forward and compiled layers ("auto" = on CUDA).
+    packed_attention: str = "auto"
+    compile_layers: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class TrainResult:
     best_checkpoint_step: int = 0
     best_metric: float | None = None
     lora_r: int = 0
+    packed_attention: bool = False
     # Evaluation encodes base and fine-tuned models at this length, so neither sees more text.
     max_seq_length: int = 0
 
@@ -64,6 +65,8 @@ def validate(config: TrainConfig, model_dim: int) -> list[int]:
         raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
     if config.loss == "cached_mnrl" and config.mini_batch_size < 1:
         raise ValueError("mini_batch_size must be at least 1")
+    if config.mini_batch_tokens < 0:
+        raise ValueError("mini_batch_tokens must be 0 (mini-batches by rows) or a positive token count")
     if config.checkpoint_uri and config.checkpoint_steps < 1:
         raise ValueError("checkpoint_steps must be at least 1 when checkpoint_uri is set")
     unknown = sorted(set(int(d) for d in config.eval_dims) - set(dims))
@@ -83,7 +86,8 @@ def build_loss(model, config: TrainConfig, dims: list[int]):
 
     if config.loss == "cached_mnrl":
         inner = CachedMultipleNegativesRankingLoss(
-            model, mini_batch_size=config.mini_batch_size, gather_across_devices=config.gather_across_devices
+            model, mini_batch_size=config.mini_batch_size, mini_batch_num_tokens=config.mini_batch_tokens or None,
+            gather_across_devices=config.gather_across_devices,
         )
     else:
         inner = MultipleNegativesRankingLoss(model, gather_across_devices=config.gather_across_devices)
@@ -139,7 +143,7 @@ def train(
     from sentence_transformers.base.sampler import BatchSamplers
     from transformers.trainer_utils import get_last_checkpoint
 
-    from . import checkpoints, curves, lora
+    from . import checkpoints, curves, lora, packing
 
     device = configure_torch()
     bf16 = device == "cuda"
@@ -150,6 +154,7 @@ def train(
     model = load_model(config.base_model, query_prompt, passage_prompt, config.max_seq_length, device)
     dims = validate(config, model.get_embedding_dimension())
     lora.apply(model, config)
+    packed = _enable_packing(model, config, device)
 
     train_rows = read_jsonl(Path(train_dir) / TRAIN_FILE)
     dev_path = Path(train_dir) / DEV_FILE
@@ -158,7 +163,8 @@ def train(
     evaluator = None
     if config.eval_steps and len(dev_rows) >= 2:
         evaluator = curves.RetrievalEvaluator(
-            dev_rows, list(config.eval_dims) or dims, batch_size=config.mini_batch_size, name=EVALUATOR_NAME
+            dev_rows, list(config.eval_dims) or dims, batch_size=config.mini_batch_size, name=EVALUATOR_NAME,
+            packed_attention="on" if packed else "off",
         )
 
     checkpoint_store = checkpoints.CheckpointStore(config.checkpoint_uri, config.checkpoint_keep) if config.checkpoint_uri else None
@@ -250,11 +256,13 @@ def train(
         best_checkpoint_step=best_step,
         best_metric=trainer.state.best_metric,
         lora_r=config.lora_r,
+        packed_attention=packed,
         max_seq_length=config.max_seq_length,
     )
     if rank == 0:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+        packing.disable(model)  # the exported model is the plain padded one, whatever trained it
         lora.export(model, config, output_dir)
         (output_dir / TRAINING_INFO).write_text(json.dumps(asdict(result), indent=2))
         if curves_dir is not None:
@@ -264,6 +272,23 @@ def train(
         result.steps, resumed_step, seconds, result.device, world, bf16, config.loss, result.train_loss,
     )
     return result
+
+
+def _enable_packing(model, config: TrainConfig, device: str) -> bool:
+    from . import packing
+
+    if not packing.wanted(config.packed_attention, device):
+        return False
+    reason = packing.supported(model)
+    if reason is not None:
+        if config.packed_attention == "on":
+            raise ValueError(f"train.packed_attention=on but {reason}")
+        log.info("training padded: %s", reason)
+        return False
+    # 4-bit layers (QLoRA) are not compiled: bitsandbytes' kernels break the traced graph.
+    packing.enable(model, compile_layers=packing.wanted(config.compile_layers, device) and not config.quantize_4bit)
+    log.info("training packed (padding-free attention)")
+    return True
 
 
 def column_prompts(columns: list[str], query_prompt: str, passage_prompt: str) -> dict[str, str] | None:

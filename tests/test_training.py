@@ -61,10 +61,11 @@ def test_cached_loss_equals_plain_loss(tiny_model_dir):
     features = [model.tokenize([r["question"] for r in rows]), model.tokenize([r["answer"] for r in rows])]
     labels = torch.zeros(len(rows))
     values = {}
-    for name in ("mnrl", "cached_mnrl"):
-        loss = training.build_loss(model, TrainConfig(loss=name, mini_batch_size=5), [64, 32])
-        values[name] = float(loss(features, labels))
-    assert values["mnrl"] == pytest.approx(values["cached_mnrl"], rel=1e-4)
+    for name, tokens in (("mnrl", 0), ("cached_mnrl", 0), ("cached_mnrl", 40)):
+        loss = training.build_loss(model, TrainConfig(loss=name, mini_batch_size=5, mini_batch_tokens=tokens), [64, 32])
+        values[name, tokens] = float(loss(features, labels))
+    assert values["mnrl", 0] == pytest.approx(values["cached_mnrl", 0], rel=1e-4)
+    assert values["mnrl", 0] == pytest.approx(values["cached_mnrl", 40], rel=1e-4)  # mini-batches by tokens
 
 
 def test_invalid_options_are_rejected(tiny_model_dir):
@@ -88,27 +89,25 @@ def test_evaluation_during_training_keeps_best_and_writes_curves(tmp_path, tiny_
     assert (curves_dir / curves.CURVES_HTML).read_text().startswith("<html>")
 
 
-def test_retrieval_evaluator_scores_a_perfect_model():
+def test_retrieval_evaluator_scores_a_perfect_model(monkeypatch):
     """An identity 'model' that embeds each text as its one-hot row ranks every positive first."""
     import torch
 
+    from medembed import encoding
+
     rows = [{"anchor": f"q{i}", "positive": f"p{i}"} for i in range(4)]
     evaluator = curves.RetrievalEvaluator(rows, [4, 2])
+    seen_kinds = []
 
-    class OneHot:
-        device = torch.device("cpu")
+    def one_hot(model, texts, kind, batch_size, **options):
+        seen_kinds.append(kind)
+        return torch.eye(4)[[int(t[1:]) for t in texts]]
 
-        def parameters(self):
-            yield torch.zeros(1)
-
-        def _embed(self, texts, **_):
-            return torch.eye(4)[[int(t[1:]) for t in texts]]
-
-        encode_query = encode_document = _embed
-
-    metrics = evaluator(OneHot())
+    monkeypatch.setattr(encoding, "encode", one_hot)
+    metrics = evaluator(object())
     assert metrics["dev_dim4_ndcg@10"] == pytest.approx(1.0)
     assert metrics["dev_dim2_ndcg@10"] < 1.0  # two dims cannot separate four one-hot texts
+    assert seen_kinds == ["query", "document"]
 
 
 class _PreemptAt:
@@ -177,3 +176,34 @@ def test_hard_negative_columns_get_the_passage_prompt():
     prompts = column_prompts(["anchor", "positive", "negative_1", "negative_2"], "query: ", "passage: ")
     assert prompts == {"anchor": "query: ", "positive": "passage: ", "negative_1": "passage: ", "negative_2": "passage: "}
     assert column_prompts(["anchor", "positive"], "", "") is None
+
+
+def test_packed_training_matches_padded_and_exports_a_plain_model(tmp_path, tiny_model_dir):
+    """Without dropout (the one deliberate difference) packed and padded training are the same
+    optimisation: same losses, same final weights. The export carries no trace of packing."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model[0].auto_model.config.hidden_dropout_prob = model[0].auto_model.config.attention_probs_dropout_prob = 0.0
+    no_dropout = tmp_path / "no-dropout"
+    model.save(str(no_dropout))
+
+    results, weights = {}, {}
+    for mode in ("off", "on"):
+        out = tmp_path / f"model-{mode}"
+        config = _config(no_dropout, loss="cached_mnrl", packed_attention=mode, eval_steps=5)
+        (tmp_path / mode).mkdir()
+        results[mode] = training.train(_train_dir(tmp_path / mode), out, config, tmp_path / f"work-{mode}")
+        weights[mode] = SentenceTransformer(str(out), device="cpu").state_dict()
+        assert "medembed" not in (out / "config.json").read_text()
+    assert results["on"].packed_attention is True and results["off"].packed_attention is False
+    assert results["on"].train_loss == pytest.approx(results["off"].train_loss, rel=1e-4)
+    assert results["on"].best_metric == pytest.approx(results["off"].best_metric, abs=1e-4)
+    for name, tensor in weights["off"].items():
+        assert torch.allclose(weights["on"][name], tensor, atol=1e-4), name
+    base = SentenceTransformer(str(no_dropout), device="cpu").state_dict()
+    assert any(not torch.allclose(base[n], weights["on"][n]) for n in base)  # it did train
