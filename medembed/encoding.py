@@ -72,7 +72,7 @@ def encode_batches(model, texts: list[str], prompt: str, batch_size: int, worker
                 embeddings = model(features)["sentence_embedding"]
                 if out is None:
                     out = torch.empty(len(texts), embeddings.shape[-1], dtype=torch.float32, device=device)
-                out[torch.as_tensor(indices, device=device)] = embeddings.float()
+                out[indices.to(device, non_blocking=True)] = embeddings.float()
     finally:
         model.train(was_training)
     return out
@@ -108,10 +108,16 @@ def default_workers(device_type: str) -> int:
 
 
 class _Tokenize:
-    """DataLoader collate_fn: a batch of text indices -> (indices, tokenizer features)."""
+    """DataLoader collate_fn: a batch of text indices -> (indices, tokenizer features [+ packed layout])."""
 
     def __init__(self, model, texts: list[str], prompt: str):
         self.model, self.texts, self.prompt = model, texts, prompt
 
     def __call__(self, indices):
-        return indices, self.model.preprocess([self.texts[i] for i in indices], prompt=self.prompt or None)
+        import torch
+
+        from .packing import prepack
+
+        features = self.model.preprocess([self.texts[i] for i in indices], prompt=self.prompt or None)
+        # Indices as a tensor: pinned by the DataLoader, so the write-back copies without a host sync.
+        return torch.tensor(indices), prepack(self.model, features)

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 ATTENTION_NAME = "medembed_packed"
 MODES = ("auto", "on", "off")
+MAX_LENGTH_BUCKET = 128  # flash attention's block length: larger bounds only add blocks that exit at once
 _ORIGINAL_FORWARD = "_medembed_padded_forward"
+_PREPACKED = "medembed_prepacked"
 _registered = False
 
 
@@ -128,10 +130,10 @@ def pack(features: dict, offset: int):
     index = mask.reshape(-1).nonzero().squeeze(1)  # the one host sync: its size is the token count
     lengths = mask.sum(dim=1, dtype=torch.int32)
     cu_seq_lens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
-    # The padded width bounds every length (tokenizers pad to the longest row, GradCache trims shared
-    # padding, so it is usually exact); varlen attention only needs an upper bound, and reading the
-    # true maximum would cost a second host sync.
-    max_length = mask.shape[1]
+    # varlen attention needs only an upper bound of the longest text. The padded width is one without
+    # a second host sync; rounded up to the kernel's block size it takes few distinct values, and each
+    # new value of this int recompiles the compiled layers.
+    max_length = -(-mask.shape[1] // MAX_LENGTH_BUCKET) * MAX_LENGTH_BUCKET
     positions = (mask.cumsum(dim=1) - 1).reshape(-1)[index] + offset
     packed = {
         "input_ids": features["input_ids"].reshape(-1)[index].unsqueeze(0),
@@ -146,14 +148,30 @@ def pack(features: dict, offset: int):
     return packed, index
 
 
+def prepack(model, features: dict) -> dict:
+    """Add the packed layout to CPU tokenizer features (for a packed `model`), so a DataLoader worker
+    computes it instead of the forward, whose `nonzero` on the GPU would stall it once per batch.
+    Only for whole batches: GradCache slices features by rows, which would invalidate it."""
+    if is_enabled(model) and "attention_mask" in features:
+        packed, index = pack(features, model[0]._medembed_position_offset)
+        features[_PREPACKED] = (packed, index)
+    return features
+
+
 def _packed_forward(self, features: dict, **kwargs) -> dict:
     """Replacement for sentence-transformers' Transformer.forward (bound to the module instance)."""
     padded_forward = getattr(self, _ORIGINAL_FORWARD)
+    prepacked = features.pop(_PREPACKED, None)
     if features.get("modality", "text") != "text" or "attention_mask" not in features or kwargs:
         return padded_forward(features, **kwargs)
     mask = features["attention_mask"]
     batch, length = mask.shape
-    packed, index = pack(features, self._medembed_position_offset)
+    if prepacked is not None:
+        packed, index = prepacked
+        packed = {k: v.to(mask.device, non_blocking=True) if hasattr(v, "to") else v for k, v in packed.items()}
+        index = index.to(mask.device, non_blocking=True)
+    else:
+        packed, index = pack(features, self._medembed_position_offset)
     hidden = self.auto_model(**packed, return_dict=True).last_hidden_state[0]
     # index_copy is differentiable: gradients flow back to the real tokens only.
     token_embeddings = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy(0, index, hidden)

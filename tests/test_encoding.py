@@ -29,7 +29,7 @@ def model(tiny_model_dir):
 
 
 @pytest.mark.parametrize("kind", ["query", "document"])
-@pytest.mark.parametrize("workers,packed", [(0, "off"), (2, "off"), (0, "on")])
+@pytest.mark.parametrize("workers,packed", [(0, "off"), (2, "off"), (0, "on"), (2, "on")])
 def test_encode_matches_sentence_transformers(model, kind, workers, packed):
     reference_method = model.encode_query if kind == "query" else model.encode_document
     reference = reference_method(TEXTS, batch_size=3, convert_to_tensor=True)
