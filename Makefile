@@ -59,7 +59,7 @@ lint-images: setup
 bench-eval: setup
 	$(PY) bench/bench_eval.py $(ARGS)
 
-.PHONY: bench-train bench-encode
+.PHONY: bench-train bench-encode bench-profile
 ## Training throughput, naive ST defaults vs the product's training path (pairs/s, tokens/s, MFU, peak GiB;
 ## e5-large shape on a GPU -> bench/results/train-h200.json; a tiny model on CPU -> bench/results/train-cpu.json).
 bench-train: setup
@@ -68,3 +68,8 @@ bench-train: setup
 ## Encoding throughput of medembed.encoding.encode (passages/s, MFU) -> bench/results/encode-{h200,cpu}.json.
 bench-encode: setup
 	$(PY) bench/bench_encode.py --out bench/results/encode-$$($(PY) -c "import torch; print('h200' if torch.cuda.is_available() else 'cpu')").json $(ARGS)
+
+## Where a product training step's time goes (torch.profiler: kernel time by category vs wall time, tables)
+## -> bench/results/profile-train-{h200,cpu}/; bench_encode.py --profile DIR does the same for encoding.
+bench-profile: setup
+	$(PY) bench/profile_train.py --out bench/results/profile-train-$$($(PY) -c "import torch; print('h200' if torch.cuda.is_available() else 'cpu')") $(ARGS)

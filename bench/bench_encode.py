@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=-1, help="tokenising processes (-1: the encoder's default)")
     parser.add_argument("--packed", default="auto", help="packed_attention: auto/on/off")
     parser.add_argument("--compile", default="auto", help="compile_layers: auto/on/off")
+    parser.add_argument("--profile", default=None, help="also profile one pass at the best batch size into this folder")
     parser.add_argument("--peak-tflops", type=float, default=790.0)
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--out", default=None)
@@ -88,6 +89,19 @@ def main() -> None:
               "mean_tokens": round(sum(lengths) / n, 1), "by_batch_size": runs, "peak_tflops": args.peak_tflops,
               "precision": "bf16 autocast" if cuda else "fp32", "options": opts,
               "packed": packing.is_enabled(model), "tokenize_only_passages_per_s": tokenize_per_s, "versions": versions()}
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        from profile_train import summarise
+
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            start = time.perf_counter()
+            encode(model, texts, "document", best_batch, show_progress_bar=False, **opts)
+            if cuda:
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+        report["profile"] = summarise(prof, wall, cuda, Path(args.profile))
+        print("profile:", json.dumps({k: v for k, v in report["profile"].items() if k != "top_kernels_ms"}), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2))

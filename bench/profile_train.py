@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import ROOT, SHAPES, build_model, default_tokenizer, parse_overrides, synthetic_pairs  # noqa: E402
+from bench_train import PRODUCT_FAST_PATH, ROOT, SHAPES, build_model, default_tokenizer, parse_overrides, synthetic_pairs  # noqa: E402
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -36,6 +36,39 @@ def categorise(name: str) -> str:
         if pattern.search(name):
             return category
     return "other"
+
+
+def summarise(prof, wall_s: float, cuda: bool, out: Path) -> dict:
+    """Kernel time by category against the wall time; writes the profiler's tables (by GPU and by CPU
+    self time) to `out`."""
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    kernel_us: dict[str, float] = {}
+    by_category: dict[str, float] = {}
+    for event in events:
+        # Kernels only: aten ops carry their kernels' device time too, and would count it twice.
+        if event.device_type != DeviceType.CUDA or event.self_device_time_total <= 0:
+            continue
+        kernel_us[event.key] = kernel_us.get(event.key, 0.0) + event.self_device_time_total
+        category = categorise(event.key)
+        by_category[category] = by_category.get(category, 0.0) + event.self_device_time_total
+    wall_us = wall_s * 1e6
+    busy_us = sum(by_category.values())
+    top = sorted(kernel_us.items(), key=lambda kv: -kv[1])[:25]
+    sort_key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile-table.txt").write_text(events.table(sort_by=sort_key, row_limit=40, max_name_column_width=90))
+    (out / "profile-cpu-table.txt").write_text(events.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=90))
+    return {
+        "wall_s": round(wall_s, 3),
+        "gpu_kernel_s": round(busy_us / 1e6, 3),
+        # Under the profiler: its own host overhead makes this a lower bound of the unprofiled figure.
+        "gpu_busy_fraction": round(busy_us / wall_us, 3) if wall_us else None,
+        "share_of_kernel_time": {k: round(v / busy_us, 3) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])} if busy_us else {},
+        "top_kernels_ms": [{"kernel": k[:120], "ms": round(v / 1e3, 1), "category": categorise(k)} for k, v in top],
+        "cpu_self_s": round(sum(e.self_cpu_time_total for e in events) / 1e6, 3),
+    }
 
 
 def main() -> None:
@@ -61,8 +94,7 @@ def main() -> None:
     tokenizer = default_tokenizer()
     model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"bench-e5-{shape}-random")
     build_model(shape, tokenizer, model_dir)
-    overrides = {"loss": "cached_mnrl", "batch_size": 1024, "mini_batch_size": 128} if cuda else \
-                {"loss": "cached_mnrl", "batch_size": 64, "mini_batch_size": 16}
+    overrides = dict(PRODUCT_FAST_PATH) if cuda else {"loss": "cached_mnrl", "batch_size": 64, "mini_batch_size": 16}
     overrides.update(parse_overrides(args.product))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,38 +131,8 @@ def main() -> None:
         result = training.train(work / "train", work / "model", config, work / "work", callbacks=[Profiler()])
         print(f"trained {result.steps} steps in {time.perf_counter() - t0:.0f} s (packed={result.packed_attention})", flush=True)
 
-    prof = state["prof"]
-    events = prof.key_averages()
-    kernel_us: dict[str, float] = {}
-    by_category: dict[str, float] = {}
-    from torch.autograd import DeviceType
-
-    for event in events:
-        # Kernels only: aten ops carry their kernels' device time too, and would count it twice.
-        if event.device_type != DeviceType.CUDA:
-            continue
-        device_us = event.self_device_time_total
-        if device_us <= 0:
-            continue
-        kernel_us[event.key] = kernel_us.get(event.key, 0.0) + device_us
-        category = categorise(event.key)
-        by_category[category] = by_category.get(category, 0.0) + device_us
-    wall_us = state["wall"] * 1e6
-    busy_us = sum(by_category.values())
-    top = sorted(kernel_us.items(), key=lambda kv: -kv[1])[:25]
-    report = {
-        "shape": shape, "config": overrides, "packed_attention": result.packed_attention, "profiled_steps": args.steps,
-        "wall_s": round(state["wall"], 3),
-        "gpu_kernel_s": round(busy_us / 1e6, 3),
-        "gpu_busy_fraction": round(busy_us / wall_us, 3) if wall_us else None,
-        "share_of_kernel_time": {k: round(v / busy_us, 3) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])} if busy_us else {},
-        "top_kernels_ms": [{"kernel": k[:120], "ms": round(v / 1e3, 1), "category": categorise(k)} for k, v in top],
-    }
-    sort_key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    (out / "profile-table.txt").write_text(events.table(sort_by=sort_key, row_limit=40, max_name_column_width=90))
-    (out / "profile-cpu-table.txt").write_text(events.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=90))
-    # CPU time per step outside the profiler's own overhead is not measurable here; report host-side totals.
-    report["cpu_self_s"] = round(sum(e.self_cpu_time_total for e in events) / 1e6, 3)
+    report = {"shape": shape, "config": overrides, "packed_attention": result.packed_attention,
+              "profiled_steps": args.steps, **summarise(state["prof"], state["wall"], cuda, out)}
     (out / "profile.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
 
