@@ -55,8 +55,12 @@ class DataConfig:
     # Distractor passages (from non-test groups) added to the evaluation corpus.
     eval_distractors: int = 2_000
     # Hard negatives per training pair (0 = none); a negative must score below the positive minus
-    # the margin and below the ceiling, and never come from the pair's own group.
+    # the margin and below the ceiling, and never be a possible positive: an answer to a near-duplicate
+    # question, a near-duplicate answer, or an answer with the same values of all negative_guard_fields
+    # (same topic and question type). Rows missing any of these fields are guarded by their whole
+    # connected group (document, focus, concepts), and () guards every row that way.
     num_negatives: int = 3
+    negative_guard_fields: tuple[str, ...] = ("focus", "qtype")
     negative_margin: float = 0.05
     negative_max_score: float = 0.95
     mining_batch_size: int = 64
@@ -214,8 +218,8 @@ LOCAL = PipelineConfig(
     profile="local",
     # The CPU budget (make run < 6 min on 2 cores) decides between more pairs and mined negatives.
     # Measured on the bundled sample (same eval split): a negatives column made a CPU step 2.7x dearer
-    # (11.5 vs 4.2 s), and 1,200 pairs without negatives beat 800 pairs with one mined negative at
-    # every dim (NDCG@10 0.886 vs 0.872 at 384, 0.876 vs 0.858 at 64) in 4m10s instead of 6m40s.
+    # (11.5 vs 4.2 s). 800 pairs with one mined negative (topic + question-type guard) tie 1,200 pairs
+    # without (NDCG@10 0.886 vs 0.886 at 384, 0.877 vs 0.876 at 64) but take ~6 min instead of ~4.
     data=DataConfig(max_train_pairs=1200, dev_fraction=0.05, test_fraction=0.2, model=BUNDLED_MINILM,
                     max_seq_length=128, num_negatives=0, mining_max_seq_length=64,
                     eval_distractors=200),

@@ -13,6 +13,7 @@ before any GPU time is spent, and outputs are staged and moved in only when ever
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -164,7 +165,9 @@ def load_pairs(config: DataConfig, stats: PrepStats, download_dir: Path) -> list
                 continue
             seen.add(key)
             groups = {name: _group_values(record.get(name)) for name in config.group_fields}
-            pairs.append({"file": file, "row": row_no, "query": query, "passage": passage, "groups": groups, "source": source.tag})
+            guard = {name: _group_values(record.get(name)) for name in config.negative_guard_fields}
+            pairs.append({"file": file, "row": row_no, "query": query, "passage": passage, "groups": groups,
+                          "guard": guard, "source": source.tag})
     label = ", ".join(labels)
     stats.rows_read = report.rows_read
     stats.dropped_bad = report.bad_rows
@@ -411,6 +414,18 @@ def mine_negatives(train: list[dict], group_ids: dict[int, int], config: DataCon
     return negatives
 
 
+def negative_guard_keys(pair: dict, group: int, fields: tuple[str, ...]) -> set[tuple]:
+    """What makes another pair's answer a possible positive for this pair (negatives.mine)."""
+    keys: set[tuple] = {("query", pair["query_cluster"]), ("passage", pair["passage_cluster"])}
+    values = [pair.get("guard", {}).get(name) for name in fields]
+    if fields and all(values):
+        # One key per value combination: multi-valued fields match on any shared value.
+        keys.update(("fields", *combination) for combination in itertools.product(*values))
+    else:
+        keys.add(("group", group))
+    return keys
+
+
 def _mine(embed, train: list[dict], group_ids: dict[int, int], config: DataConfig):
     from .negatives import mine
 
@@ -418,7 +433,7 @@ def _mine(embed, train: list[dict], group_ids: dict[int, int], config: DataConfi
         embed,
         [p["query"] for p in train],
         [p["passage"] for p in train],
-        [group_ids[id(p)] for p in train],
+        [negative_guard_keys(p, group_ids[id(p)], tuple(config.negative_guard_fields)) for p in train],
         config.num_negatives,
         config.negative_margin,
         config.negative_max_score,

@@ -78,7 +78,8 @@ def markdown(stats: dict) -> str:
         lines += ["", "## Hard negatives", "",
                   f"Mined with `{stats['mining_model']}` over {m['candidates']} training passages for {m['queries']} pairs: "
                   f"{m['negatives_mined']} mined, {m['random_fill']} random fill; among the naive top-{stats['num_negatives']} "
-                  f"candidates {m['skipped_same_group']} were same-group (likely false negatives) and "
+                  f"candidates {m['skipped_possible_positive']} were possible positives (same topic and question "
+                  f"type, or a near-duplicate question or answer) and "
                   f"{m['skipped_margin_or_ceiling']} scored too close to the positive: all skipped."]
     return "\n".join(lines) + "\n"
 

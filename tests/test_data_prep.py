@@ -101,9 +101,18 @@ def test_planted_problems_are_caught_and_counted(tmp_path):
 
     train = read(tmp_path / "train" / data.TRAIN_FILE)
     assert all(set(row) == {"anchor", "positive", "negative_1"} for row in train)
-    doc_of = {data.normalize_text(r["answer"]): r["doc_id"] for r in planted_rows() if isinstance(r["answer"], str)}
+    row_of = {data.normalize_text(r["answer"]): r for r in planted_rows() if isinstance(r["answer"], str)}
+    same_document_other_type = 0
     for row in train:
-        assert doc_of.get(row["negative_1"]) != doc_of.get(row["positive"]), "a same-group passage became a negative"
+        positive, negative = row_of.get(row["positive"], {}), row_of.get(row["negative_1"], {})
+        if positive.get("qtype") and negative.get("qtype"):
+            # Same topic and question type: a possible positive, never a negative.
+            assert (positive["focus"], positive["qtype"]) != (negative["focus"], negative["qtype"])
+            same_document_other_type += positive["doc_id"] == negative["doc_id"]
+        else:  # rows without a question type are guarded by their whole group
+            assert positive.get("doc_id") != negative.get("doc_id"), "a same-group passage became a negative"
+    # The hardest true negatives (same disease, another question type) are now mined.
+    assert same_document_other_type > 0
     queries = read(tmp_path / "eval" / data.QUERIES_FILE)
     assert all(q["language"] == "en" for q in queries)
     card = (tmp_path / "train" / data.CARD_HTML_FILE).read_text()
@@ -128,23 +137,50 @@ def test_planted_leaks_share_a_group_and_a_crossing_is_detected(tmp_path):
     assert dedup.crossing_near_duplicates(queries, signatures, leaky, config.near_dup_threshold) >= 1
 
 
-def test_miner_never_takes_a_same_group_passage():
+def test_miner_never_takes_a_passage_sharing_a_guard_key():
     queries = ["nephritis symptoms", "gout pain", "asthma cough"]
     positives = ["nephritis symptoms swelling blood urine", "gout pain toe", "asthma cough wheeze"]
-    # The fourth passage is nearly the first query's answer but belongs to its group: a false negative.
+    # The fourth passage is nearly the first query's answer and shares its guard key: a false negative.
     queries.append("nephritis causes")
     positives.append("nephritis symptoms swelling blood urine protein")
-    groups = [0, 1, 2, 0]
-    chosen, stats = negatives.mine(bag_of_words, queries, positives, groups, num_negatives=1, margin=0.0, max_score=1.0, seed=0)
+    guards = [{"k0"}, {"k1"}, {"k2"}, {"k0"}]
+    chosen, stats = negatives.mine(bag_of_words, queries, positives, guards, num_negatives=1, margin=0.0, max_score=1.0, seed=0)
     assert chosen[0] != [positives[3]] and chosen[3] != [positives[0]]
-    assert stats.skipped_same_group >= 2
-    assert all(groups[positives.index(n[0])] != g for n, g in zip(chosen, groups))
+    assert stats.skipped_possible_positive >= 2
+    assert all(not guards[positives.index(n[0])] & g for n, g in zip(chosen, guards))
+
+
+def test_guard_keys_allow_same_topic_other_question_type():
+    """Same focus + same qtype (or a near-duplicate question/answer) is a possible positive; the same
+    focus with another question type is the hardest true negative; rows without the fields fall back to
+    their connected group."""
+    def pair(focus, qtype, query_cluster, passage_cluster):
+        return {"guard": {"focus": focus, "qtype": qtype}, "query_cluster": query_cluster, "passage_cluster": passage_cluster}
+
+    fields = ("focus", "qtype")
+    symptoms = data.negative_guard_keys(pair(("gout",), ("symptoms",), 1, 1), group=7, fields=fields)
+    treatment = data.negative_guard_keys(pair(("gout",), ("treatment",), 2, 2), group=7, fields=fields)
+    other_source = data.negative_guard_keys(pair(("gout", "podagra"), ("symptoms",), 3, 3), group=7, fields=fields)
+    shared_answer = data.negative_guard_keys(pair(("lupus",), ("causes",), 4, 1), group=9, fields=fields)
+    unknown_type = data.negative_guard_keys(pair(("gout",), (), 5, 5), group=7, fields=fields)
+    assert not symptoms & treatment
+    assert symptoms & other_source and symptoms & shared_answer
+    assert ("group", 7) in unknown_type and ("group", 7) not in symptoms
+    assert ("group", 7) in data.negative_guard_keys(pair(("gout",), ("symptoms",), 1, 1), group=7, fields=())
+
+    queries = ["what are the symptoms of gout", "how is gout treated", "what are the signs of gout"]
+    positives = ["gout symptoms are joint pain and swelling", "gout treatment is rest and medicine for joint pain",
+                 "signs of gout are joint pain swelling and redness"]
+    chosen, _ = negatives.mine(bag_of_words, queries, positives, [symptoms, treatment, other_source], num_negatives=1,
+                               margin=0.0, max_score=1.0, seed=0)
+    assert chosen[0] == [positives[1]]  # the treatment answer: same disease, other question type
+    assert chosen[2] == [positives[1]]  # never the other source's symptoms answer
 
 
 def test_miner_applies_margin_and_ceiling():
-    queries, positives, groups = ["a b c", "x y z"], ["a b c d", "a b c"], [0, 1]
+    queries, positives, guards = ["a b c", "x y z"], ["a b c d", "a b c"], [{0}, {1}]
     # "a b c" (pair 1's passage) scores above pair 0's own positive: too close, skipped; nothing else is left.
-    chosen, stats = negatives.mine(bag_of_words, queries, positives, groups, num_negatives=1, margin=0.05, max_score=0.99, seed=0)
+    chosen, stats = negatives.mine(bag_of_words, queries, positives, guards, num_negatives=1, margin=0.05, max_score=0.99, seed=0)
     assert stats.skipped_margin_or_ceiling >= 1 and stats.random_fill >= 1
     assert chosen[0] == ["a b c"]  # random fill from the only other group
 
@@ -267,8 +303,10 @@ def test_mining_with_a_real_model_writes_negative_columns(tmp_path, tiny_model_d
     stats = data.prepare(config, tmp_path / "train", tmp_path / "eval")
     train = read(tmp_path / "train" / data.TRAIN_FILE)
     assert all(set(row) == {"anchor", "positive", "negative_1", "negative_2"} for row in train)
-    topic = lambda text: text.split(":")[-1].split()[0]  # noqa: E731 - "... described here: <topic> ..."
-    assert all(topic(row["positive"]) not in (topic(row["negative_1"]), topic(row["negative_2"])) for row in train)
+    # "... described here: <topic> <question type> details ...": never the same topic and question type.
+    topic_and_type = lambda text: tuple(text.split(":")[-1].split()[:2])  # noqa: E731
+    assert all(topic_and_type(row["positive"]) not in (topic_and_type(row["negative_1"]), topic_and_type(row["negative_2"]))
+               for row in train)
     assert stats.mining["queries"] == len(train) and stats.token_lengths["tokenizer"] == str(tiny_model_dir)
 
 
