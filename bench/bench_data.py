@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from medembed import data  # noqa: E402
-from medembed.config import LOCAL  # noqa: E402
+from medembed.config import CLUSTER, LOCAL  # noqa: E402
 
 QTYPES = {
     "symptoms": "What are the symptoms of {} ?",
@@ -82,15 +82,19 @@ def bench_mining(n_queries: int) -> dict:
     threads = torch.get_num_threads()
     model = load_model(config.model, max_seq_length=config.mining_max_seq_length or config.max_seq_length, device="cpu")
     rows = synthetic_rows(n_queries, seed=1)
-    groups = [int(r["doc_id"][3:]) for r in rows]
+    # The product's guard on these rows: same topic and question type (near-duplicate clusters are singletons here).
+    guards = [{("fields", r["focus"], r["qtype"])} for r in rows]
+    # The local profile mines none (CPU budget); time what the cluster profile asks for, on the local model.
+    num_negatives = CLUSTER.data.num_negatives
     start = time.perf_counter()
     _, stats = mine(lambda texts, kind: encode(model, texts, kind, config.mining_batch_size, show_progress_bar=False),
-                    [r["question"] for r in rows], [r["answer"] for r in rows], groups,
-                    config.num_negatives, config.negative_margin, config.negative_max_score, config.seed)
+                    [r["question"] for r in rows], [r["answer"] for r in rows], guards,
+                    num_negatives, config.negative_margin, config.negative_max_score, config.seed)
     seconds = time.perf_counter() - start
     return {"mining_queries_per_s": round(n_queries / seconds, 2), "mining_queries": n_queries,
             "mining_model": config.model, "mining_max_seq_length": config.mining_max_seq_length or config.max_seq_length,
-            "mining_torch_threads": threads, "mining_skipped_same_group": stats.skipped_same_group}
+            "mining_torch_threads": threads, "mining_negatives_per_query": num_negatives,
+            "mining_negatives_mined": stats.negatives_mined, "mining_skipped_possible_positive": stats.skipped_possible_positive}
 
 
 def main() -> None:
