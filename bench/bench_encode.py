@@ -12,7 +12,6 @@ import argparse
 import importlib.util
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if importlib.util.find_spec("medembed") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_train import build_model, default_tokenizer, model_flops, synthetic_pairs, token_lengths, versions  # noqa: E402
+from bench_train import benchmark_model, model_flops, synthetic_pairs, token_lengths, versions  # noqa: E402
 
 
 def main() -> None:
@@ -45,11 +44,8 @@ def main() -> None:
     from medembed.models import configure_torch
 
     cuda = torch.cuda.is_available()
-    shape = args.shape or ("e5-large" if cuda else "tiny")
+    shape, tokenizer, model_dir = benchmark_model(args.shape, args.model_dir)
     n = args.passages or (32768 if cuda else 512)
-    tokenizer = default_tokenizer()
-    model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"bench-e5-{shape}-random")
-    build_model(shape, tokenizer, model_dir)
     device = configure_torch()
     model = SentenceTransformer(str(model_dir), device=device)
     model.prompts = {"query": "query: ", "document": "passage: "}

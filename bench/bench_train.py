@@ -42,6 +42,14 @@ SHAPES = {
 # of at most 40,960 real tokens (45 GiB peak on the H200, inside the 48 GiB target). Packing and compiled
 # layers are TrainConfig's "auto" defaults on a GPU.
 PRODUCT_FAST_PATH = {"loss": "cached_mnrl", "batch_size": 1024, "mini_batch_size": 128, "mini_batch_tokens": 40960}
+# The tiny CPU model's stand-in: the same loss, scaled down.
+TINY_PRODUCT_PATH = {"loss": "cached_mnrl", "batch_size": 64, "mini_batch_size": 16, "mini_batch_tokens": 0}
+
+
+def product_path(shape: str) -> dict:
+    return dict(TINY_PRODUCT_PATH if shape == "tiny" else PRODUCT_FAST_PATH)
+
+
 QUERY_TOKENS = (16, 32)
 PASSAGE_TOKENS = (64, 256)
 
@@ -77,6 +85,18 @@ def build_model(shape: str, tokenizer_dir: str, target: Path) -> Path:
     model = SentenceTransformer(modules=[transformer, Pooling(config.hidden_size, pooling_mode="mean"), Normalize()], device="cpu")
     model.save(str(target))
     return target
+
+
+def benchmark_model(shape: str | None, model_dir: str | None, tokenizer: str | None = None) -> tuple[str, str, Path]:
+    """(shape, tokenizer, model folder) every GPU benchmark uses: e5-large on a GPU, tiny on CPU, built
+    once per shape under the temp dir unless `model_dir` is given."""
+    import torch
+
+    shape = shape or ("e5-large" if torch.cuda.is_available() else "tiny")
+    tokenizer = tokenizer or default_tokenizer()
+    target = Path(model_dir or Path(tempfile.gettempdir()) / f"bench-e5-{shape}-random")
+    build_model(shape, tokenizer, target)
+    return shape, tokenizer, target
 
 
 def synthetic_pairs(tokenizer_dir: str, n: int, seed: int = 0) -> list[dict]:
@@ -262,18 +282,10 @@ def main() -> None:
         print("RESULT " + json.dumps(run_variant(args.worker, json.loads(args.spec))), flush=True)
         return
 
-    import torch
-
-    shape = args.shape or ("e5-large" if torch.cuda.is_available() else "tiny")
-    tokenizer = args.tokenizer or default_tokenizer()
-    model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"bench-e5-{shape}-random")
     t0 = time.perf_counter()
-    build_model(shape, tokenizer, model_dir)
+    shape, tokenizer, model_dir = benchmark_model(args.shape, args.model_dir, args.tokenizer)
     print(f"model {shape} ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    overrides = dict(PRODUCT_FAST_PATH)
-    if shape == "tiny":
-        overrides = {"loss": "cached_mnrl", "batch_size": 64, "mini_batch_size": 16, "mini_batch_tokens": 0}
-    overrides.update(parse_overrides(args.product))
+    overrides = {**product_path(shape), **parse_overrides(args.product)}
     variants = [(v, overrides) for v in args.variants.split(",") if v]
     for extra in args.extra:
         name, _, body = extra.partition(":")

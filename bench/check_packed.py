@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import ROOT, build_model, default_tokenizer, synthetic_pairs  # noqa: E402
+from bench_train import ROOT, benchmark_model, synthetic_pairs  # noqa: E402
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -58,10 +57,7 @@ def main() -> None:
     from medembed.models import configure_torch
 
     cuda = torch.cuda.is_available()
-    shape = args.shape or ("e5-large" if cuda else "tiny")
-    tokenizer = default_tokenizer()
-    model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"bench-e5-{shape}-random")
-    build_model(shape, tokenizer, model_dir)
+    shape, tokenizer, model_dir = benchmark_model(args.shape, args.model_dir)
     device = configure_torch()
     model = SentenceTransformer(str(model_dir), device=device).eval()  # eval: no dropout, same function
     texts = [r["positive"] for r in synthetic_pairs(tokenizer, args.texts, seed=3)]

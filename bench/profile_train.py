@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import PRODUCT_FAST_PATH, ROOT, SHAPES, build_model, default_tokenizer, parse_overrides, synthetic_pairs  # noqa: E402
+from bench_train import ROOT, SHAPES, benchmark_model, parse_overrides, product_path, synthetic_pairs  # noqa: E402
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -90,11 +90,8 @@ def main() -> None:
     from medembed.data import TRAIN_FILE
 
     cuda = torch.cuda.is_available()
-    shape = args.shape or ("e5-large" if cuda else "tiny")
-    tokenizer = default_tokenizer()
-    model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"bench-e5-{shape}-random")
-    build_model(shape, tokenizer, model_dir)
-    overrides = dict(PRODUCT_FAST_PATH) if cuda else {"loss": "cached_mnrl", "batch_size": 64, "mini_batch_size": 16}
+    shape, tokenizer, model_dir = benchmark_model(args.shape, args.model_dir)
+    overrides = product_path(shape)
     overrides.update(parse_overrides(args.product))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,12 +11,9 @@ training, benchmarks), so speed work lands in one place:
 
 from __future__ import annotations
 
-import logging
 import os
 from contextlib import nullcontext
 from typing import Literal
-
-log = logging.getLogger(__name__)
 
 Kind = Literal["query", "document"]
 
@@ -34,14 +31,7 @@ def encode(model, texts: list[str], kind: Kind, batch_size: int, show_progress_b
 
     device = getattr(model, "device", torch.device("cpu"))
     cuda = device.type == "cuda"
-    if packing.wanted(packed_attention, device.type) and not packing.is_enabled(model):
-        reason = packing.supported(model)
-        if reason is None:
-            packing.enable(model, compile_layers=packing.wanted(compile_layers, device.type))
-        elif packed_attention == "on":
-            raise ValueError(f"packed_attention=on but {reason}")
-        else:
-            log.info("encoding padded: %s", reason)
+    packing.apply(model, packed_attention, compile_layers, device.type, where="packed_attention")
     if workers < 0:
         workers = default_workers(device.type)
     prompt = (model.prompts or {}).get(kind, "")

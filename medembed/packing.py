@@ -68,6 +68,24 @@ def wanted(mode: str, device: str) -> bool:
     return device.startswith("cuda") and varlen_available()
 
 
+def apply(model, mode: str, compile_mode: str, device: str, where: str, compile_allowed: bool = True) -> bool:
+    """Pack `model` in place if `mode` wants it on `device` and the model allows it; returns whether it
+    runs packed. A model that cannot be packed stays padded, unless `mode` is "on" (then ValueError).
+    `where` names the caller's setting in messages (e.g. "train.packed_attention")."""
+    if is_enabled(model):
+        return True
+    if not wanted(mode, device):
+        return False
+    reason = supported(model)
+    if reason is not None:
+        if mode == "on":
+            raise ValueError(f"{where}=on but {reason}")
+        log.info("%s: running padded, %s", where, reason)
+        return False
+    enable(model, compile_layers=compile_allowed and wanted(compile_mode, device))
+    return True
+
+
 def enable(model, compile_layers: bool = False):
     """Switch `model` (a SentenceTransformer) to the packed forward in place; returns it.
 

@@ -154,7 +154,9 @@ def train(
     model = load_model(config.base_model, query_prompt, passage_prompt, config.max_seq_length, device)
     dims = validate(config, model.get_embedding_dimension())
     lora.apply(model, config)
-    packed = _enable_packing(model, config, device)
+    # 4-bit layers (QLoRA) are not compiled: bitsandbytes' kernels break the traced graph.
+    packed = packing.apply(model, config.packed_attention, config.compile_layers, device, where="train.packed_attention",
+                           compile_allowed=not config.quantize_4bit)
 
     train_rows = read_jsonl(Path(train_dir) / TRAIN_FILE)
     dev_path = Path(train_dir) / DEV_FILE
@@ -272,23 +274,6 @@ def train(
         result.steps, resumed_step, seconds, result.device, world, bf16, config.loss, result.train_loss,
     )
     return result
-
-
-def _enable_packing(model, config: TrainConfig, device: str) -> bool:
-    from . import packing
-
-    if not packing.wanted(config.packed_attention, device):
-        return False
-    reason = packing.supported(model)
-    if reason is not None:
-        if config.packed_attention == "on":
-            raise ValueError(f"train.packed_attention=on but {reason}")
-        log.info("training padded: %s", reason)
-        return False
-    # 4-bit layers (QLoRA) are not compiled: bitsandbytes' kernels break the traced graph.
-    packing.enable(model, compile_layers=packing.wanted(config.compile_layers, device) and not config.quantize_4bit)
-    log.info("training packed (padding-free attention)")
-    return True
 
 
 def column_prompts(columns: list[str], query_prompt: str, passage_prompt: str) -> dict[str, str] | None:

@@ -127,3 +127,13 @@ def test_wanted_modes():
     assert packing.wanted("auto", "cuda:0") is packing.varlen_available()
     with pytest.raises(ValueError, match="packed_attention"):
         packing.wanted("sometimes", "cuda")
+
+
+def test_apply_packs_when_wanted_and_possible_and_says_why_not(tiny):
+    assert packing.apply(tiny, "off", "off", "cuda", where="x") is False and not packing.is_enabled(tiny)
+    assert packing.apply(tiny, "auto", "off", "cpu", where="x") is False  # auto packs on CUDA only
+    assert packing.apply(tiny, "on", "off", "cpu", where="x") is True and packing.is_enabled(tiny)
+    not_a_transformer = [object()]
+    assert packing.apply(not_a_transformer, "auto", "off", "cuda:0", where="x") is False  # stays padded, no error
+    with pytest.raises(ValueError, match="train.packed_attention=on but .* no transformers model"):
+        packing.apply(not_a_transformer, "on", "off", "cpu", where="train.packed_attention")
