@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-PII_ACTIONS = ("redact", "fail", "off")
+from ..config import PII_ACTIONS  # noqa: F401  (the accepted data.pii_action values)
 
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 _DATE = rf"(?:\d{{1,4}}[/.-]\d{{1,2}}[/.-]\d{{1,4}}|\d{{1,2}}\s+{_MONTH}\s+\d{{4}}|{_MONTH}\s+\d{{1,2}},?\s+\d{{4}})"
