@@ -144,3 +144,6 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # The libraries' own progress notes ("Loading ... model from") are noise next to the stage's log.
+    for library in ("sentence_transformers", "transformers", "datasets", "urllib3"):
+        logging.getLogger(library).setLevel(logging.WARNING)

@@ -32,10 +32,13 @@ def tiny_config(tmp_path, model_dir, data_uri):
     )
 
 
-def test_pipeline_runs_end_to_end_and_registers(tmp_path, tiny_model_dir, pairs_file):
+def test_pipeline_runs_end_to_end_and_registers(tmp_path, tiny_model_dir, pairs_file, capsys):
     from sentence_transformers import SentenceTransformer
 
     outcome = run_local(tiny_config(tmp_path, tiny_model_dir, pairs_file), tmp_path / "runs")
+    console = capsys.readouterr().out
+    for title in ("configuration", "data prep", "training", "Matryoshka evaluation", "model registration"):
+        assert f"▶ {title}" in console and f"✓ {title}: success" in console
 
     model_dir = tmp_path / "registry" / "medical-embeddings" / "v0001" / "model"
     assert outcome["model_uri"] == str(model_dir)
@@ -64,10 +67,17 @@ def test_pipeline_runs_end_to_end_and_registers(tmp_path, tiny_model_dir, pairs_
     assert json.loads(next(run_root.glob("*/config.json")).read_text())["profile"] == "local"
 
 
-def test_bad_input_fails_in_prep_and_registers_nothing(tmp_path, tiny_model_dir):
+def test_bad_input_fails_in_prep_and_registers_nothing(tmp_path, tiny_model_dir, capsys):
+    from medembed.local_run import LocalRunFailed
+
     config = tiny_config(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalRunFailed, match=r"data prep failed: DataError: input file not found: .*missing.jsonl"):
         run_local(config, tmp_path / "runs")
+    # The console says which stage failed; the executor's dumps stay in the run's log file.
+    console = capsys.readouterr().out
+    assert "▶ data prep" in console and "✗ data prep: failure" in console
+    assert "Got executor_input" not in console
+    assert "Got executor_input" in next((tmp_path / "runs").glob("*/pipeline.log")).read_text()
     assert not (tmp_path / "registry").exists() or not any((tmp_path / "registry").rglob("manifest.json"))
     train_dirs = list((tmp_path / "runs").rglob("train-model"))
     assert train_dirs == [], "training must not start after prep failed"

@@ -34,7 +34,7 @@ def _rank_loss(rank: int, port: int, model_dir: str, gather: bool, results) -> N
         model.eval()
         rows = make_rows()[rank * PER_RANK : (rank + 1) * PER_RANK]
         features = [model.tokenize([r["question"] for r in rows]), model.tokenize([r["answer"] for r in rows])]
-        loss = losses.build_loss(model, TrainConfig(loss="mnrl", gather_across_devices=gather, matryoshka_dims=(64,)))
+        loss = losses.build_loss(model, TrainConfig(loss="mnrl", gather_across_devices=gather, matryoshka_dims=(64,)), processes=2)
         results[(rank, gather)] = float(loss(features, torch.zeros(PER_RANK)).detach())
     finally:
         dist.destroy_process_group()

@@ -27,5 +27,7 @@ def run(config: PipelineConfig, eval_dir: Path, model_dir: Path, results_dir: Pa
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     report.write_reports(results, results_dir)
-    log.info("evaluation:\n%s", comparison_text(results))
+    log.info("NDCG@10 base -> fine-tuned: %s", ", ".join(
+        f"dim {d} {results['base'][str(d)]['ndcg@10']:.4f} -> {results['finetuned'][str(d)]['ndcg@10']:.4f}" for d in results["dims"]))
+    log.debug("evaluation:\n%s", comparison_text(results))
     return results

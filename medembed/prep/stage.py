@@ -41,7 +41,8 @@ def run(config: PipelineConfig, train_dir: Path, eval_dir: Path) -> PrepStats:
     with tempfile.TemporaryDirectory() as work:
         stats = prepare(config.data, Path(train_dir), Path(eval_dir), model=config.train.base_model,
                         max_seq_length=config.train.max_seq_length, work_dir=Path(work))
-    log.info("prep done: %s", json.dumps(asdict(stats)))
+    log.info("prep done: %d training pairs, %d evaluation queries over %d passages, fingerprint %s",
+             stats.train_pairs, stats.eval_queries, stats.eval_corpus, stats.fingerprint[:12])
     return stats
 
 

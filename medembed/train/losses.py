@@ -10,9 +10,10 @@ from __future__ import annotations
 from ..config import TrainConfig
 
 
-def build_loss(model, config: TrainConfig):
+def build_loss(model, config: TrainConfig, processes: int = 1):
     """MatryoshkaLoss around (Cached)MultipleNegativesRankingLoss. With several processes the
-    in-batch negatives are gathered from all of them (a no-op in a single process)."""
+    in-batch negatives are gathered from all of them (train.gather_across_devices)."""
+    gather = config.gather_across_devices and processes > 1
     from sentence_transformers.sentence_transformer.losses import (
         CachedMultipleNegativesRankingLoss,
         MatryoshkaLoss,
@@ -22,10 +23,10 @@ def build_loss(model, config: TrainConfig):
     if config.loss == "cached_mnrl":
         inner = CachedMultipleNegativesRankingLoss(
             model, mini_batch_size=config.mini_batch_size, mini_batch_num_tokens=config.mini_batch_tokens or None,
-            gather_across_devices=config.gather_across_devices,
+            gather_across_devices=gather,
         )
     else:
-        inner = MultipleNegativesRankingLoss(model, gather_across_devices=config.gather_across_devices)
+        inner = MultipleNegativesRankingLoss(model, gather_across_devices=gather)
     return MatryoshkaLoss(model, inner, matryoshka_dims=list(config.matryoshka_dims))
 
 

@@ -123,7 +123,7 @@ def setup(train_dir: Path, config: TrainConfig, work_dir: Path, callbacks: list 
         args=args,
         train_dataset=train_dataset,
         evaluator=evaluator,
-        loss=build_loss(model, config),
+        loss=build_loss(model, config, processes=world),
         callbacks=([checkpoints.make_callback(checkpoint_store)] if checkpoint_store else []) + list(callbacks or []),
     )
     if config.sort_by_length:
@@ -179,6 +179,7 @@ def _training_arguments(config: TrainConfig, output_dir: Path, device: str, bf16
         ddp_backend="gloo" if device == "cpu" and world > 1 else None,
         dataloader_num_workers=workers,
         dataloader_persistent_workers=workers > 0,
+        dataloader_pin_memory=device.startswith("cuda"),
         # GradCache re-runs the forward pass per mini-batch: DDP must not expect one forward per step.
         ddp_find_unused_parameters=False if world > 1 else None,
     )
