@@ -94,7 +94,7 @@ def resolve_local_path(uri: str, download_dir: Path | None = None) -> Path:
                 return base / key.rstrip("/")
             return store.download_file(key, base / key)
         except StorageError as exc:
-            raise DataError(f"cannot read {uri}: {exc}") from None
+            raise DataError(f"data input {uri}: {exc}") from None
     path = Path(uri).expanduser()
     if not path.exists():
         raise DataError(f"input file not found: {path}")
