@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from . import data, evaluation, model_card, report, training
+from . import data, evaluation, model_card, report, scratch, training
 from .config import DataConfig, EvalConfig, RegistryConfig, TrainConfig
 from .models import setup_logging
 from .registry import ModelRegistry
@@ -26,7 +26,7 @@ RESULTS_FILE = "results.json"
 
 def prep(config: DataConfig, train_dir: Path, eval_dir: Path) -> data.PrepStats:
     setup_logging()
-    with tempfile.TemporaryDirectory() as work:
+    with scratch.work_dir("prep") as work:
         stats = data.prepare(config, Path(train_dir), Path(eval_dir), Path(work))
     log.info("prep done: %s", json.dumps(asdict(stats)))
     return stats
@@ -36,7 +36,7 @@ def train(train_dir: Path, model_dir: Path, config: TrainConfig, curves_dir: Pat
     """Fine-tune; `curves_dir` receives training_curves.{json,png,html}. Resumes from
     `config.checkpoint_uri` when an earlier attempt left checkpoints there."""
     setup_logging()
-    with tempfile.TemporaryDirectory() as work:
+    with scratch.work_dir("train") as work:
         return training.train(Path(train_dir), Path(model_dir), config, Path(work), curves_dir=curves_dir)
 
 

@@ -169,7 +169,9 @@ def train(
             packed_attention="on" if packed else "off",
         )
 
-    checkpoint_store = checkpoints.CheckpointStore(config.checkpoint_uri, config.checkpoint_keep) if config.checkpoint_uri else None
+    checkpoint_store = checkpoints.CheckpointStore(
+        config.checkpoint_uri, config.checkpoint_keep, binding=checkpoints.run_binding(train_dir, config, world),
+    ) if config.checkpoint_uri else None
     # Checkpoints must fall on evaluation steps for the trainer to keep the best one.
     save_steps = config.checkpoint_steps
     if evaluator is not None and checkpoint_store is not None and save_steps % config.eval_steps:
