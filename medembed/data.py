@@ -191,7 +191,8 @@ def load_pairs(config: DataConfig, stats: PrepStats, download_dir: Path) -> list
     if config.pii_action == "fail" and pii_found:
         kinds = ", ".join(f"{kind}: {count}" for kind, count in pii_found.most_common())
         where = "; ".join(issue.describe() for issue in pii_issues[: validation.MESSAGE_EXAMPLES])
-        raise DataError(f"{label}: likely personal data found [{kinds}] and data.pii_action=fail; first: {where}")
+        raise DataError(f"{label}: likely personal data found [{kinds}] and data.pii_action=fail; first: {where}; "
+                        "remove it at the source, or set data.pii_action=redact to replace it with placeholders")
     stats.rows_by_source = dict(Counter(p["source"] for p in pairs))
     return pairs
 
