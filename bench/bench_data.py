@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medembed import data  # noqa: E402
+from medembed.prep import stage  # noqa: E402
 from medembed.config import CLUSTER, LOCAL  # noqa: E402
 
 QTYPES = {
@@ -64,7 +64,8 @@ def bench_prep(n: int, work: Path) -> tuple[float, dict]:
     config = dataclasses.replace(LOCAL.data, data_uri=str(source), num_negatives=0, max_train_pairs=0,
                                  group_fields=("doc_id", "focus", "cuis"))
     start = time.perf_counter()
-    stats = data.prepare(config, work / "train", work / "eval", work / "tmp")
+    stats = stage.prepare(config, work / "train", work / "eval", model=LOCAL.train.base_model,
+                          max_seq_length=LOCAL.train.max_seq_length, work_dir=work / "tmp")
     return time.perf_counter() - start, stats
 
 
@@ -73,14 +74,15 @@ def bench_mining(n_queries: int) -> dict:
     score, guard and pick (what prep's mining step does per training pair)."""
     from medembed.encoding import encode
     from medembed.models import configure_torch, load_model
-    from medembed.negatives import mine
+    from medembed.prep.negatives import mine
 
-    config = LOCAL.data
+    config, model_ref = LOCAL.data, LOCAL.train.base_model
+    max_seq_length = config.mining_max_seq_length or LOCAL.train.max_seq_length
     configure_torch()
     import torch
 
     threads = torch.get_num_threads()
-    model = load_model(config.model, max_seq_length=config.mining_max_seq_length or config.max_seq_length, device="cpu")
+    model = load_model(model_ref, max_seq_length=max_seq_length, device="cpu")
     rows = synthetic_rows(n_queries, seed=1)
     # The product's guard on these rows: same topic and question type (near-duplicate clusters are singletons here).
     guards = [{("fields", r["focus"], r["qtype"])} for r in rows]
@@ -92,7 +94,7 @@ def bench_mining(n_queries: int) -> dict:
                     num_negatives, config.negative_margin, config.negative_max_score, config.seed)
     seconds = time.perf_counter() - start
     return {"mining_queries_per_s": round(n_queries / seconds, 2), "mining_queries": n_queries,
-            "mining_model": config.model, "mining_max_seq_length": config.mining_max_seq_length or config.max_seq_length,
+            "mining_model": model_ref, "mining_max_seq_length": max_seq_length,
             "mining_torch_threads": threads, "mining_negatives_per_query": num_negatives,
             "mining_negatives_mined": stats.negatives_mined, "mining_skipped_possible_positive": stats.skipped_possible_positive}
 

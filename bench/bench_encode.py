@@ -2,7 +2,7 @@
 
 Random-init e5-large shape on a GPU (tiny on CPU), passages of 64-256 tokens, `kind="document"`.
 MFU: 2 x non-embedding params x real tokens + attention (4 x layers x hidden x length^2) per passage,
-against `--peak-tflops` (790: bf16 dense matmul measured on this H200, GUIDE §4).
+against `--peak-tflops` (790: bf16 dense matmul measured on this H200, docs/STACK-NOTES.md §3).
 Prints one JSON object last; `--out` writes it (bench/results/encode-h200.json).
 """
 

@@ -23,7 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from medembed import data, evaluation as ev  # noqa: E402
+from medembed import artifacts  # noqa: E402
+from medembed.evaluate import evaluator  # noqa: E402
+from medembed.prep.ingest import BUNDLED_DATA  # noqa: E402
 from medembed.config import BUNDLED_MEDQUAD_SAMPLE, BUNDLED_MINILM, LOCAL, EvalConfig  # noqa: E402
 from medembed.encoding import encode  # noqa: E402
 from medembed.models import configure_torch, load_model, setup_logging  # noqa: E402
@@ -38,7 +40,7 @@ def write_beir_sample(folder: Path, max_pairs: int) -> Path:
     query_ids: dict[str, str] = {}
     passage_ids: dict[str, str] = {}
     qrels: set[tuple[str, str]] = set()
-    with gzip.open(data.BUNDLED_DATA[BUNDLED_MEDQUAD_SAMPLE], "rt", encoding="utf-8") as handle:
+    with gzip.open(BUNDLED_DATA[BUNDLED_MEDQUAD_SAMPLE], "rt", encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
             if not row.get("question") or not row.get("answer"):
@@ -49,9 +51,9 @@ def write_beir_sample(folder: Path, max_pairs: int) -> Path:
             if len(qrels) >= max_pairs:
                 break
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / data.QUERIES_FILE).write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in query_ids.items()))
-    (folder / data.CORPUS_FILE).write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in passage_ids.items()))
-    (folder / data.QRELS_FILE).write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{p}\t1\n" for q, p in sorted(qrels)))
+    (folder / artifacts.QUERIES_FILE).write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in query_ids.items()))
+    (folder / artifacts.CORPUS_FILE).write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for t, i in passage_ids.items()))
+    (folder / artifacts.QRELS_FILE).write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{p}\t1\n" for q, p in sorted(qrels)))
     return folder
 
 
@@ -62,9 +64,9 @@ def timed_evaluation(model, collection, dims, precisions, config, device) -> dic
     after_queries = time.perf_counter()
     corpus = encode(model, list(collection.corpus.values()), "document", config.batch_size)
     after_corpus = time.perf_counter()
-    per_query, latency = ev.score_grid(queries, corpus, collection.judgements, dims, precisions,
+    per_query, latency = evaluator.score_grid(queries, corpus, collection.judgements, dims, precisions,
                                        config.query_chunk_size, config.rescore_multiplier, device)
-    summary = ev.summarize({"finetuned": per_query}, {"finetuned": latency}, dims, precisions,
+    summary = evaluator.summarize({"finetuned": per_query}, {"finetuned": latency}, dims, precisions,
                            len(collection.corpus), config)
     end = time.perf_counter()
     return {"total_s": end - start, "encode_queries_s": after_queries - start,
@@ -85,12 +87,12 @@ def main(argv=None) -> dict:
     config = EvalConfig(batch_size=LOCAL.eval.batch_size)
     dims = sorted(LOCAL.train.matryoshka_dims, reverse=True)
     with tempfile.TemporaryDirectory() as work:
-        collection = ev.IRCollection("medquad-sample", write_beir_sample(Path(work) / "eval", args.max_pairs))
+        collection = evaluator.IRCollection("medquad-sample", write_beir_sample(Path(work) / "eval", args.max_pairs))
     model = load_model(BUNDLED_MINILM, max_seq_length=LOCAL.train.max_seq_length, device=device)
     log.info("%d queries, %d passages; dims %s; precisions %s", len(collection.queries), len(collection.corpus),
              dims, config.precisions)
     # Warm-up outside the timings: first calls pay for lazy imports and allocator growth.
-    ev.encode_ir_set(model, dict(list(collection.queries.items())[:8]), dict(list(collection.corpus.items())[:8]), 8)
+    evaluator.encode_ir_set(model, dict(list(collection.queries.items())[:8]), dict(list(collection.corpus.items())[:8]), 8)
     one, everything = [], []
     for round_ in range(args.repeats):
         log.info("round %d/%d: one full-dim float32 evaluation", round_ + 1, args.repeats)

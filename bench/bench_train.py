@@ -1,7 +1,7 @@
 """Training throughput: (a) naive sentence-transformers defaults vs (b) the product's own training path.
 
 (a) SentenceTransformerTrainer + MatryoshkaLoss(MNRL), fp32, batch 32, library defaults.
-(b) `medembed.training.train` itself (the code the training stage runs) with the cluster profile's
+(b) `medembed.train.recipe.train` itself (the code the training stage runs) with the cluster profile's
     TrainConfig and the overrides given (default: cached_mnrl, batch 1024).
 
 Model: random-init e5-large shape (XLM-R large: 24 layers, hidden 1024, 16 heads, intermediate 4096,
@@ -11,7 +11,7 @@ peak memory, no global torch settings leaking between variants).
 
 MFU counts the model's FLOPs on real (non-padding) tokens only, forward + backward
 (6 x non-embedding params + attention 12 x layers x hidden x length, per token), without GradCache's
-extra no-grad forward, against `--peak-tflops` (790: bf16 dense matmul measured on this H200, GUIDE §4).
+extra no-grad forward, against `--peak-tflops` (790: bf16 dense matmul measured on this H200, docs/STACK-NOTES.md §3).
 
 Prints one JSON object last; `--out` writes it (bench/results/train-h200.json shape).
 """
@@ -216,9 +216,9 @@ def _train_naive(model_dir, rows, batch, work, timer):
 def _train_product(model_dir, rows, overrides, work, timer):
     from sentence_transformers import SentenceTransformer
 
-    from medembed import training
+    from medembed.artifacts import TRAIN_FILE
     from medembed.config import CLUSTER
-    from medembed.data import TRAIN_FILE
+    from medembed.train import recipe
 
     train_dir = work / "train"
     train_dir.mkdir()
@@ -230,7 +230,7 @@ def _train_product(model_dir, rows, overrides, work, timer):
         matryoshka_dims=tuple(d for d in CLUSTER.train.matryoshka_dims if d <= SentenceTransformer(str(model_dir), device="cpu").get_embedding_dimension()),
     )
     config = dataclasses.replace(config, **overrides)
-    result = training.train(train_dir, work / "model", config, work / "work", callbacks=[timer])
+    result = recipe.train(train_dir, work / "model", config, work / "work", callbacks=[timer])
     model = SentenceTransformer(str(work / "model"), device="cpu")
     used = {k: v for k, v in dataclasses.asdict(config).items() if k in ("loss", "batch_size", "mini_batch_size", "mini_batch_tokens", "sort_by_length", "dataloader_workers", "max_seq_length", "packed_attention", "compile_layers")}
     return model, {"config": used, "bf16": result.bf16, "packed": result.packed_attention, "train_loss": result.train_loss}

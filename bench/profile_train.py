@@ -1,4 +1,4 @@
-"""Where the GPU time of the product's training step goes: torch.profiler over `medembed.training.train`.
+"""Where the GPU time of the product's training step goes: torch.profiler over `medembed.train.recipe.train`.
 
 Same model, data and TrainConfig as bench_train.py's product variant. Profiles `--steps` optimizer steps
 after `--warmup` (compilation happens there), then groups CUDA kernel time into matmul / attention /
@@ -85,9 +85,9 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
-    from medembed import training
+    from medembed.artifacts import TRAIN_FILE
     from medembed.config import CLUSTER
-    from medembed.data import TRAIN_FILE
+    from medembed.train import recipe
 
     cuda = torch.cuda.is_available()
     shape, tokenizer, model_dir = benchmark_model(args.shape, args.model_dir)
@@ -125,7 +125,7 @@ def main() -> None:
         config = dataclasses.replace(CLUSTER.train, base_model=str(model_dir), epochs=1, warmup_steps=0, eval_steps=0,
                                      checkpoint_uri="", matryoshka_dims=dims, **overrides)
         t0 = time.perf_counter()
-        result = training.train(work / "train", work / "model", config, work / "work", callbacks=[Profiler()])
+        result = recipe.train(work / "train", work / "model", config, work / "work", callbacks=[Profiler()])
         print(f"trained {result.steps} steps in {time.perf_counter() - t0:.0f} s (packed={result.packed_attention})", flush=True)
 
     report = {"shape": shape, "config": overrides, "packed_attention": result.packed_attention,

@@ -1,19 +1,13 @@
 from typing import NamedTuple
 
-from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
-from medembed.config import component_image
 
-
-@dsl.component(base_image=component_image(), install_kfp_package=False)
 def register_model(
+    config: dict,
     model: Input[Model],
     results: Input[Artifact],
     train_data: Input[Dataset],
-    registry_uri: str,
-    model_name: str,
-    min_ndcg_gain: float,
     pipeline_run: str,
     model_card: Output[Markdown],
 ) -> NamedTuple("Registration", [("version", int), ("model_uri", str), ("promoted", bool)]):
@@ -21,11 +15,11 @@ def register_model(
     from collections import namedtuple
     from pathlib import Path
 
-    from medembed import stages
-    from medembed.config import RegistryConfig
+    from medembed.config import PipelineConfig
+    from medembed.register import stage
 
-    config = RegistryConfig(registry_uri=registry_uri, model_name=model_name, min_ndcg_gain=min_ndcg_gain)
-    registration = stages.register(Path(model.path), Path(results.path), Path(train_data.path), config, pipeline_run)
+    registration = stage.run(PipelineConfig.from_dict(config), Path(model.path), Path(results.path),
+                             Path(train_data.path), pipeline_run)
     Path(model_card.path).write_text(registration["model_card"])
     outputs = namedtuple("Registration", ["version", "model_uri", "promoted"])
     return outputs(registration["version"], registration["model_uri"], registration["promoted"])

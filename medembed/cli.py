@@ -1,9 +1,17 @@
 """Command line: run the pipeline locally, compile it, submit it, schedule it.
 
     medembed run-local [--profile local] [--set train.epochs=2 ...]
-    medembed compile   [--profile cluster] [--output pipeline.yaml]
-    medembed submit    --host http://kfp.example/pipeline [--experiment NAME] [--set ...]
+    medembed compile   [--profile cluster] [--set section.field=value ...] [--output pipeline.yaml]
+    medembed submit    --host http://kfp.example/pipeline [--set ...] [--param NAME=VALUE ...]
     medembed schedule  --host ... --cron "0 0 2 * * *" [--name nightly-retrain]
+
+Every command resolves and validates the configuration before any work starts: a bad value ends
+in one line naming the field, the value and what is accepted, with exit code 2.
+
+`--set section.field=value` works for every field. `compile` bakes it into the pipeline's defaults;
+`submit`/`schedule` send it with the run (a named run parameter or an entry of `overrides`), except
+cluster.* which places tasks and so is compiled in. `--param NAME=VALUE` sets a named run parameter
+(values read as JSON: `epochs=3`, `matryoshka_dims=[768,256]`) or `overrides={"train.lora_r": 8}`.
 
 The pipeline is imported lazily: nothing a KFP task imports may import component definitions.
 """
@@ -15,60 +23,88 @@ import datetime as dt
 import json
 import logging
 import sys
-import warnings
+import tempfile
 from pathlib import Path
 
-from .config import ConfigError, PipelineConfig, load_config
+from .config import COMPILE_TIME_SECTIONS, RUN_PARAMETERS, ConfigError, PipelineConfig, load_config, split_assignment
 
 log = logging.getLogger("medembed")
 DEFAULT_IR_FILE = "pipeline.yaml"
+OVERRIDES = "overrides"
+
+
+# ---------------------------------------------------------------- configuration from the command line
 
 
 def _config(args) -> PipelineConfig:
     return load_config(args.profile, args.set)
 
 
-def _absolute_local_paths(config: PipelineConfig) -> PipelineConfig:
-    """Local tasks run as subprocesses; pin relative paths to the caller's working directory."""
-    overrides = {}
-    if not config.registry.registry_uri.startswith("s3://"):
-        overrides["registry.registry_uri"] = str(Path(config.registry.registry_uri).expanduser().resolve())
-    uri = config.data.data_uri
-    if not uri.startswith(("s3://", "bundled:")):
-        overrides["data.data_uri"] = str(Path(uri).expanduser().resolve())
-    return config.override(overrides)
+def run_plan(profile: str, sets: list[str] | None, params: list[str] | None) -> tuple[PipelineConfig, dict, PipelineConfig]:
+    """For submit/schedule: (config to compile, the run's parameter values, the config the run will use).
+
+    cluster.* settings are compiled in; every other `--set` travels with the run as its named
+    parameter or in `overrides`; `--param` adds named parameters or overrides. The run's config
+    is resolved here exactly as the pipeline's first task will resolve it, so a bad value fails
+    now, not on the cluster."""
+    compile_sets, run_sets = [], {}
+    for item in sets or []:
+        dotted, value = split_assignment(item)
+        if dotted.partition(".")[0] in COMPILE_TIME_SECTIONS:
+            compile_sets.append(item)
+        else:
+            run_sets[dotted] = value
+    compiled = load_config(profile, compile_sets)
+    named_for = {path: name for name, path in RUN_PARAMETERS.items()}
+    run_values: dict = {}
+    overrides: dict = {}
+    for dotted, value in run_sets.items():
+        if dotted in named_for:
+            run_values[named_for[dotted]] = value
+        else:
+            overrides[dotted] = value
+    for name, value in parse_params(params):
+        if name == OVERRIDES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"--param overrides={value!r}: expected a JSON object, e.g. '{{\"train.lora_r\": 8}}'")
+            overrides.update(value)
+        elif name in RUN_PARAMETERS:
+            run_values[name] = value
+        else:
+            raise ConfigError(f"--param {name}: unknown run parameter; known: {', '.join(RUN_PARAMETERS)}, {OVERRIDES}")
+    # Validates every value now, exactly as the pipeline's configuration task will.
+    resolved = compiled.with_run_parameters(run_values, overrides)
+    arguments = {name: _jsonable(resolved.value(RUN_PARAMETERS[name])) for name in run_values}
+    if overrides:
+        arguments[OVERRIDES] = {dotted: _jsonable(resolved.value(dotted)) for dotted in overrides}
+    return compiled, arguments, resolved
 
 
-def run_local(config: PipelineConfig, runs_dir: Path) -> dict:
-    """Run the whole pipeline on this machine through kfp.local; return the registration."""
-    import kfp.local
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
 
-    from pipelines.medical_embedding import build_pipeline
 
-    config = _absolute_local_paths(config)
-    run_root = Path(runs_dir).resolve() / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_root.mkdir(parents=True, exist_ok=True)
-    (run_root / "config.json").write_text(config.to_json())
-    # Cluster-only settings (display names, the project image) are expected to be no-ops here.
-    warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root))
-    pipeline = build_pipeline(config, for_cluster=False)
-    task = pipeline()
-    model_uri = task.output
-    results = json.loads((Path(model_uri).parent / "metrics.json").read_text())
-    manifest = json.loads((Path(model_uri).parent / "manifest.json").read_text())
-    # The evaluation report (what the Kubeflow UI shows as HTML/Markdown) next to the run's config.
-    import shutil
+def parse_params(items: list[str] | None) -> list[tuple[str, object]]:
+    parsed = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {item!r} is not of the form name=value")
+        try:
+            parsed.append((key.strip(), json.loads(value)))
+        except json.JSONDecodeError:
+            parsed.append((key.strip(), value))
+    return parsed
 
-    from .report import HTML_FILE, MARKDOWN_FILE
 
-    evaluation_dir = next(run_root.glob("*/evaluate-models/results"))
-    report = run_root / f"eval-{HTML_FILE}"
-    shutil.copyfile(evaluation_dir / HTML_FILE, report)
-    shutil.copyfile(evaluation_dir / MARKDOWN_FILE, run_root / f"eval-{MARKDOWN_FILE}")
-    return {"model_uri": model_uri, "results": results, "manifest": manifest, "run_root": str(run_root),
-            "report": str(report)}
+def validate_cron(expression: str) -> str:
+    """KFP's scheduler takes six fields, seconds first (`0 0 2 * * *` = 02:00 daily)."""
+    if len(expression.split()) != 6:
+        raise ConfigError(f"--cron {expression!r}: needs 6 fields, seconds first, e.g. '0 0 2 * * *'")
+    return expression
+
+
+# ---------------------------------------------------------------- commands
 
 
 def compile_pipeline(config: PipelineConfig, output: Path) -> Path:
@@ -82,15 +118,6 @@ def compile_pipeline(config: PipelineConfig, output: Path) -> Path:
     return output
 
 
-def _package_path(args) -> Path:
-    """Where submit/schedule keep the compiled IR: --output if given, else a temp file."""
-    if args.output:
-        return Path(args.output)
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="medembed-")) / DEFAULT_IR_FILE
-
-
 def _client(args):
     import kfp
 
@@ -98,58 +125,57 @@ def _client(args):
 
 
 def submit(args) -> str:
-    config = _config(args)
-    package = compile_pipeline(config, _package_path(args))
-    client = _client(args)
-    run = client.create_run_from_pipeline_package(
-        str(package),
-        arguments=dict(_parse_params(args.param)),
-        run_name=args.run_name or f"{config.registry.model_name}-{dt.datetime.now():%Y%m%d-%H%M%S}",
-        experiment_name=args.experiment,
-        # None keeps the compiled per-task caching (registration is never cached); True would override it.
-        enable_caching=False if args.no_cache else None,
-    )
+    compiled, arguments, resolved = run_plan(args.profile, args.set, args.param)
+    with tempfile.TemporaryDirectory(prefix="medembed-") as work:
+        package = compile_pipeline(compiled, Path(args.output) if args.output else Path(work) / DEFAULT_IR_FILE)
+        run = _client(args).create_run_from_pipeline_package(
+            str(package),
+            arguments=arguments,
+            run_name=args.run_name or f"{resolved.registry.model_name}-{dt.datetime.now():%Y%m%d-%H%M%S}",
+            experiment_name=args.experiment,
+            # None keeps the compiled per-task caching (registration is never cached); True would override it.
+            enable_caching=False if args.no_cache else None,
+        )
     return run.run_id
 
 
 def schedule(args) -> str:
-    config = _config(args)
-    package = compile_pipeline(config, _package_path(args))
-    client = _client(args)
-    experiment = client.create_experiment(args.experiment, namespace=args.namespace)
-    job = client.create_recurring_run(
-        experiment_id=experiment.experiment_id,
-        job_name=args.name,
-        description=f"Recurring retraining of {config.registry.model_name} ({args.cron})",
-        cron_expression=args.cron,
-        # One retraining at a time, and no burst of missed runs after downtime.
-        max_concurrency=1,
-        no_catchup=True,
-        pipeline_package_path=str(package),
-        params=dict(_parse_params(args.param)),
-        enable_caching=False if args.no_cache else None,
-    )
+    validate_cron(args.cron)
+    compiled, arguments, resolved = run_plan(args.profile, args.set, args.param)
+    with tempfile.TemporaryDirectory(prefix="medembed-") as work:
+        package = compile_pipeline(compiled, Path(args.output) if args.output else Path(work) / DEFAULT_IR_FILE)
+        client = _client(args)
+        experiment = client.create_experiment(args.experiment, namespace=args.namespace)
+        job = client.create_recurring_run(
+            experiment_id=experiment.experiment_id,
+            job_name=args.name,
+            description=f"Recurring retraining of {resolved.registry.model_name} ({args.cron})",
+            cron_expression=args.cron,
+            # One retraining at a time, and no burst of missed runs after downtime.
+            max_concurrency=1,
+            no_catchup=True,
+            pipeline_package_path=str(package),
+            params=arguments,
+            enable_caching=False if args.no_cache else None,
+        )
     return job.recurring_run_id
 
 
-def _parse_params(items: list[str] | None) -> list[tuple[str, object]]:
-    parsed = []
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--param {item!r} is not of the form name=value")
-        try:
-            parsed.append((key, json.loads(value)))
-        except json.JSONDecodeError:
-            parsed.append((key, value))
-    return parsed
+def run_local_command(args) -> None:
+    from .evaluate.tables import comparison_text
+    from .local_run import run_local
+
+    outcome = run_local(_config(args), Path(args.runs_dir))
+    gate = outcome["manifest"]["gate"]
+    print("\nBase vs fine-tuned, per Matryoshka dimension:")
+    print(comparison_text(outcome["results"]))
+    print(f"\nrun artifacts: {outcome['run_root']}")
+    print(f"evaluation report: {outcome['report']}")
+    print("promoted to champion" if gate["promote"] else "not promoted: " + "; ".join(gate["reasons"]))
+    print(f"model: {outcome['model_uri']}")
 
 
-def validate_cron(expression: str) -> str:
-    """KFP's scheduler takes six fields, seconds first (`0 0 2 * * *` = 02:00 daily)."""
-    if len(expression.split()) != 6:
-        raise argparse.ArgumentTypeError(f"cron {expression!r} needs 6 fields (seconds first), e.g. '0 0 2 * * *'")
-    return expression
+# ---------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p, default_profile):
         p.add_argument("--profile", default=default_profile, help="configuration profile: local or cluster")
-        p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field")
+        p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="set any config field")
 
     p = sub.add_parser("run-local", help="run the whole pipeline on this machine (kfp.local)")
     common(p, "local")
@@ -178,13 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token", default=None, help="bearer token, e.g. $(kubectl create token default-editor "
                        "-n PROFILE_NAMESPACE --audience pipelines.kubeflow.org); default: none")
         p.add_argument("--experiment", default="medical-embeddings")
-        p.add_argument("--param", action="append", metavar="NAME=VALUE", help="pipeline parameter for this run")
+        p.add_argument("--param", action="append", metavar="NAME=VALUE",
+                       help=f"a run parameter ({', '.join(RUN_PARAMETERS)}) or overrides='{{\"section.field\": value}}'")
         p.add_argument("--output", default=None, help="also keep the compiled IR here")
         p.add_argument("--no-cache", action="store_true")
         if name == "submit":
             p.add_argument("--run-name", default=None)
         else:
-            p.add_argument("--cron", required=True, type=validate_cron, help="6 fields, seconds first")
+            p.add_argument("--cron", required=True, help="6 fields, seconds first, e.g. '0 0 2 * * *'")
             p.add_argument("--name", default="medical-embeddings-retrain")
     return parser
 
@@ -193,22 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     from .models import setup_logging
 
     setup_logging()
-    try:
-        args = build_parser().parse_args(argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "run-local":
-            from .evaluation import comparison_text
-
-            outcome = run_local(_config(args), Path(args.runs_dir))
-            gate = outcome["manifest"]["gate"]
-            print("\nBase vs fine-tuned, per Matryoshka dimension:")
-            print(comparison_text(outcome["results"]))
-            print(f"\nrun artifacts: {outcome['run_root']}")
-            print("promoted to champion" if gate["promote"] else "not promoted: " + "; ".join(gate["reasons"]))
-            print(f"model: {outcome['model_uri']}")
+            run_local_command(args)
         elif args.command == "compile":
             print(f"pipeline IR: {compile_pipeline(_config(args), Path(args.output)).resolve()}")
         elif args.command == "submit":

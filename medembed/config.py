@@ -2,26 +2,106 @@
 
 `local` runs on one CPU machine with what ships in the repo and on PyPI (no hub, no cluster);
 `cluster` is the production shape: e5-large, all Matryoshka dims, a GPU node pool and MinIO.
-Every field can be overridden per run (`section.field=value`), and the pipeline exposes the
-run-level knobs as KFP parameters whose defaults come from the chosen profile.
+
+How a value travels: a profile gives every field its default; `--set section.field=value` (CLI) or
+the run form's named parameters and `overrides` (Kubeflow UI, `submit --param`) change it for one
+run; the pipeline's first task resolves and validates the result once and hands the whole
+`PipelineConfig` to every stage as one dict, which each stage reads back with `from_dict`.
+
+Types come from the annotations (never from default values), values are checked when a section is
+built (`__post_init__`), and every failure is a `ConfigError` whose one-line message names the
+field, the value and what is accepted.
+
+    >>> config = load_config("local", ["train.epochs=2", "train.matryoshka_dims=64,256,256"])
+    >>> config.train.epochs, config.train.matryoshka_dims
+    (2, (256, 64))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 BUNDLED_MEDQUAD_SAMPLE = "bundled:medquad-sample"
 E5_LARGE = "intfloat/multilingual-e5-large"
-# Prompts are resolved from the model name when left on "auto" (e5 models need them; GUIDE §4).
+# Prompts are resolved from the model name when left on "auto": e5 models need "query: " / "passage: ".
 AUTO = "auto"
+
+# Accepted values of enumerated fields. The modules that act on them import these, so an option is
+# named in exactly one place.
+PII_ACTIONS = ("redact", "fail", "off")
+LOSSES = ("mnrl", "cached_mnrl")
+SWITCHES = ("auto", "on", "off")
+PRECISIONS = ("float32", "int8", "binary", "binary_rescore")
+TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+BEST_METRIC_PATTERN = r"(mean|dim\d+)_(ndcg|mrr)@10"
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+# Kubernetes resource quantities (https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/).
+CPU_QUANTITY = r"\d+(\.\d+)?m?"
+MEMORY_QUANTITY = r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line naming field, value and what is accepted."""
+
+
+# ---------------------------------------------------------------- the sections
+
+
+class _Section:
+    """Shared behaviour of the frozen config sections: checks run when an instance is built."""
+
+    SECTION: ClassVar[str] = ""
+
+    def _fail(self, name: str, accepted: str) -> None:
+        raise ConfigError(f"{self.SECTION}.{name}={getattr(self, name)!r}: {accepted}")
+
+    def _at_least(self, name: str, low: float) -> None:
+        if getattr(self, name) < low:
+            self._fail(name, f"must be at least {low}")
+
+    def _within(self, name: str, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+        value = getattr(self, name)
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if below or above or (isinstance(value, float) and math.isnan(value)):
+            brackets = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+            self._fail(name, f"must be in {brackets}")
+
+    def _one_of(self, name: str, choices: tuple[str, ...]) -> None:
+        if getattr(self, name) not in choices:
+            self._fail(name, f"choose one of {', '.join(choices)}")
+
+    def _non_empty(self, *names: str) -> None:
+        for name in names:
+            if not str(getattr(self, name)).strip():
+                self._fail(name, "must not be empty")
+
+    def _matches(self, name: str, pattern: str, accepted: str) -> None:
+        if not re.fullmatch(pattern, str(getattr(self, name))):
+            self._fail(name, accepted)
+
+    def _normalise_dims(self, name: str, allow_empty: bool = False) -> None:
+        """Unique, positive, descending: the one place dims are put in order."""
+        dims = getattr(self, name)
+        if not dims and not allow_empty:
+            self._fail(name, "give at least one dim, e.g. 384,256,128,64")
+        if any(d <= 0 for d in dims):
+            self._fail(name, "dims must be positive integers")
+        object.__setattr__(self, name, tuple(sorted(set(dims), reverse=True)))
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
+    SECTION: ClassVar[str] = "data"
+
+    # File, folder, s3:// URI or prefix (ending in /), `bundled:medquad-sample`, or several as tag=uri,tag2=uri2.
     data_uri: str = BUNDLED_MEDQUAD_SAMPLE
     question_field: str = "question"
     passage_field: str = "answer"
@@ -32,6 +112,7 @@ class DataConfig:
     # 0 = no cap. The local profile caps training pairs to fit the CPU time budget.
     max_train_pairs: int = 0
     min_train_pairs: int = 8
+    # Seed of the split, the training-pair sample, distractors and mining (training has its own).
     seed: int = 13
     # Extra renames applied to every input row, "target=source" (e.g. "question=prompt").
     column_map: tuple[str, ...] = ()
@@ -39,9 +120,6 @@ class DataConfig:
     max_bad_row_fraction: float = 0.02
     max_query_chars: int = 2_000
     max_passage_chars: int = 100_000
-    # The tokenizer (and hard-negative miner) is the training base model; truncation is counted against it.
-    model: str = E5_LARGE
-    max_seq_length: int = 512
     # Near-duplicates: MinHash (datasketch) over word shingles; texts are compared on their first words only.
     near_dup_threshold: float = 0.8
     minhash_perms: int = 64
@@ -54,18 +132,18 @@ class DataConfig:
     length_sample: int = 10_000
     # Distractor passages (from non-test groups) added to the evaluation corpus.
     eval_distractors: int = 2_000
-    # Hard negatives per training pair (0 = none); a negative must score below the positive minus
-    # the margin and below the ceiling, and never be a possible positive: an answer to a near-duplicate
-    # question, a near-duplicate answer, or an answer with the same values of all negative_guard_fields
-    # (same topic and question type). Rows missing any of these fields are guarded by their whole
-    # connected group (document, focus, concepts), and () guards every row that way.
+    # Hard negatives per training pair (0 = none), mined with the training base model; a negative
+    # must score below the positive minus the margin and below the ceiling, and never be a possible
+    # positive: an answer to a near-duplicate question, a near-duplicate answer, or an answer with the
+    # same values of all negative_guard_fields (same topic and question type). Rows missing any of
+    # these fields are guarded by their whole connected group, and () guards every row that way.
     num_negatives: int = 3
     negative_guard_fields: tuple[str, ...] = ("focus", "qtype")
     negative_margin: float = 0.05
     negative_max_score: float = 0.95
     mining_batch_size: int = 64
-    # Mining sees passages cut to this many tokens (0 = max_seq_length): the opening of a medical
-    # answer names its topic, and encoding cost grows faster than linearly with length.
+    # Mining sees passages cut to this many tokens (0 = train.max_seq_length): the opening of a
+    # medical answer names its topic, and encoding cost grows faster than linearly with length.
     mining_max_seq_length: int = 0
     # Personal data: "redact" replaces identifiers with placeholders, "fail" stops prep, "off" skips.
     pii_action: str = "redact"
@@ -74,17 +152,60 @@ class DataConfig:
     # Answer headings that only repeat the question: heading words found in the question, at least.
     heading_overlap: float = 0.6
 
+    def __post_init__(self):
+        if not self.data_uri.strip():
+            self._fail("data_uri", "must not be empty: give a file, folder, s3:// URI or bundled:medquad-sample")
+        self._non_empty("question_field", "passage_field")
+        if self.question_field == self.passage_field:
+            self._fail("passage_field", "must differ from data.question_field")
+        self._within("dev_fraction", 0, 1, high_open=True)
+        self._within("test_fraction", 0, 1, low_open=True, high_open=True)
+        if self.dev_fraction + self.test_fraction >= 1:
+            self._fail("test_fraction", f"data.dev_fraction + data.test_fraction must be below 1 (dev is {self.dev_fraction})")
+        self._at_least("max_train_pairs", 0)
+        self._at_least("min_train_pairs", 2)
+        for mapping in self.column_map:
+            target, sep, source = mapping.partition("=")
+            if not (sep and target.strip() and source.strip()):
+                self._fail("column_map", "each entry must be target=source, e.g. question=prompt")
+        self._within("max_bad_row_fraction", 0, 1)
+        self._at_least("max_query_chars", 1)
+        self._at_least("max_passage_chars", 1)
+        self._within("near_dup_threshold", 0, 1, low_open=True)
+        self._at_least("minhash_perms", 16)
+        self._at_least("shingle_words", 1)
+        if self.shingle_max_words < self.shingle_words:
+            self._fail("shingle_max_words", f"must be at least data.shingle_words ({self.shingle_words})")
+        self._within("boilerplate_shingle_fraction", 0, 1, low_open=True)
+        self._at_least("length_sample", 0)
+        self._at_least("eval_distractors", 0)
+        self._at_least("num_negatives", 0)
+        self._at_least("negative_margin", 0)
+        self._within("negative_max_score", 0, 1, low_open=True)
+        self._at_least("mining_batch_size", 1)
+        self._at_least("mining_max_seq_length", 0)
+        self._one_of("pii_action", PII_ACTIONS)
+        self._at_least("language_passage_chars", 0)
+        self._within("heading_overlap", 0, 1)
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
+    SECTION: ClassVar[str] = "train"
+
+    # A sentence-transformers model: hub name, local folder, or bundled:all-MiniLM-L6-v2. Prep tokenises
+    # and mines hard negatives with it too.
     base_model: str = E5_LARGE
+    # Normalised to unique, descending; the largest must not exceed the model's embedding size.
     matryoshka_dims: tuple[int, ...] = (1024, 768, 512, 384, 256, 128, 64)
     epochs: int = 5
     batch_size: int = 32
     learning_rate: float = 2e-5
     warmup_steps: int = 100
     eval_steps: int = 1000
+    # Token limit for training, prep's truncation figures and mining, and evaluation of both models.
     max_seq_length: int = 512
+    # "auto": "query: " / "passage: " for e5 models, none otherwise. Stored with the model.
     query_prompt: str = AUTO
     passage_prompt: str = AUTO
     seed: int = 13
@@ -107,7 +228,8 @@ class TrainConfig:
     num_processes: int = 0
     # With several processes, score each query against the other processes' passages too.
     gather_across_devices: bool = True
-    # Object-store checkpoints (local folder or s3://...; "" = none). A rerun with the same URI resumes.
+    # Object-store checkpoints (local folder or s3://...; "" = none). A retry of the same run resumes;
+    # on the cluster each pipeline run gets its own folder under this URI.
     checkpoint_uri: str = ""
     checkpoint_steps: int = 500
     checkpoint_keep: int = 2
@@ -122,14 +244,48 @@ class TrainConfig:
     lora_dropout: float = 0.05
     quantize_4bit: bool = False
 
+    def __post_init__(self):
+        self._non_empty("base_model")
+        self._normalise_dims("matryoshka_dims")
+        self._at_least("epochs", 1)
+        # In-batch negatives need other pairs in the batch.
+        self._at_least("batch_size", 2)
+        self._within("learning_rate", 0, 1, low_open=True, high_open=True)
+        self._at_least("warmup_steps", 0)
+        self._at_least("eval_steps", 0)
+        self._within("max_seq_length", 8, 8192)
+        self._one_of("loss", LOSSES)
+        self._at_least("mini_batch_size", 1)
+        self._at_least("mini_batch_tokens", 0)
+        self._at_least("dataloader_workers", -1)
+        self._one_of("packed_attention", SWITCHES)
+        self._one_of("compile_layers", SWITCHES)
+        self._at_least("num_processes", 0)
+        self._at_least("checkpoint_steps", 1)
+        self._at_least("checkpoint_keep", 1)
+        self._normalise_dims("eval_dims", allow_empty=True)
+        unknown = sorted(set(self.eval_dims) - set(self.matryoshka_dims), reverse=True)
+        if unknown:
+            self._fail("eval_dims", f"{unknown} are not among train.matryoshka_dims {list(self.matryoshka_dims)}")
+        self._matches("best_metric", BEST_METRIC_PATTERN, "use mean_ndcg@10, mean_mrr@10 or dim<N>_ndcg@10 / dim<N>_mrr@10")
+        if (match := re.fullmatch(r"dim(\d+)_.*", self.best_metric)) and int(match.group(1)) not in (self.eval_dims or self.matryoshka_dims):
+            self._fail("best_metric", "names a dim that is not evaluated during training")
+        self._at_least("lora_r", 0)
+        self._at_least("lora_alpha", 1)
+        self._within("lora_dropout", 0, 1, high_open=True)
+        if self.quantize_4bit and self.lora_r == 0:
+            self._fail("quantize_4bit", "QLoRA trains adapters only: set train.lora_r > 0 too")
+
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Section):
+    SECTION: ClassVar[str] = "eval"
+
     batch_size: int = 64
     # Rows of the score matrix computed at once: bounds memory for large corpora.
     query_chunk_size: int = 1024
     # Storage precisions scored at every dim (binary_rescore: Hamming candidates re-ranked by the float query).
-    precisions: tuple[str, ...] = ("float32", "int8", "binary", "binary_rescore")
+    precisions: tuple[str, ...] = PRECISIONS
     # Binary rescoring looks at this many times the final k candidates (sentence-transformers' recipe).
     rescore_multiplier: int = 4
     # Recommend the smallest index whose NDCG@10 is within this relative drop of full-dim float32.
@@ -146,20 +302,51 @@ class EvalConfig:
     packed_attention: str = "auto"
     compile_layers: str = "auto"
 
+    def __post_init__(self):
+        self._at_least("batch_size", 1)
+        self._at_least("query_chunk_size", 1)
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown or "float32" not in self.precisions:
+            # float32 is the reference every other cell and the recommendation are measured against.
+            self._fail("precisions", f"must include float32 and only {', '.join(PRECISIONS)}")
+        object.__setattr__(self, "precisions", tuple(dict.fromkeys(self.precisions)))
+        self._at_least("rescore_multiplier", 1)
+        self._within("tolerance", 0, 1, high_open=True)
+        self._at_least("bootstrap_samples", 100)
+        self._within("confidence", 0, 1, low_open=True, high_open=True)
+        self._at_least("index_passages", 1)
+        if any(not uri.strip() for uri in self.extra_collections):
+            self._fail("extra_collections", "entries must be folders or s3:// prefixes, not empty")
+        self._one_of("packed_attention", SWITCHES)
+        self._one_of("compile_layers", SWITCHES)
+
 
 @dataclass(frozen=True)
-class RegistryConfig:
+class RegistryConfig(_Section):
+    SECTION: ClassVar[str] = "registry"
+
     # Local folder, or s3://bucket/prefix (MinIO endpoint and keys come from the environment).
     registry_uri: str = "registry"
     model_name: str = "medical-embeddings"
     # Promotion gate: the candidate must beat the base model by at least this NDCG@10 at every dim.
     min_ndcg_gain: float = 0.0
 
+    def __post_init__(self):
+        self._non_empty("registry_uri")
+        self._matches("model_name", MODEL_NAME_PATTERN, "use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+        self._within("min_ndcg_gain", 0, 1, high_open=True)
+
 
 @dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(_Section):
+    """Where tasks run on a cluster. Fixed when the pipeline is compiled (Kubernetes settings are not run parameters)."""
+
+    SECTION: ClassVar[str] = "cluster"
+
+    # The project image every task runs in (images/Dockerfile).
     image: str = "ghcr.io/medembed/medembed:0.1.0"
     gpu_resource: str = "nvidia.com/gpu"
+    # GPUs per model-running task (0 = run them on CPU nodes).
     gpu_count: int = 1
     gpu_node_selector: tuple[tuple[str, str], ...] = (("cloud.google.com/gke-nodepool", "gpu-pool"),)
     gpu_toleration_key: str = "nvidia.com/gpu"
@@ -171,7 +358,44 @@ class ClusterConfig:
     minio_secret: str = "medembed-minio"
     minio_endpoint: str = "minio.medembed.svc.cluster.local:9000"
     minio_secure: bool = False
+    # Pre-emptible GPU nodes kill pods: KFP retries the training task, which resumes from checkpoints.
     train_retries: int = 2
+
+    def __post_init__(self):
+        self._matches("image", r"[^\s]+", "must be an image reference without spaces, e.g. registry.example.com/medembed:1.0")
+        self._non_empty("gpu_resource", "minio_endpoint")
+        self._at_least("gpu_count", 0)
+        if any(not key.strip() or not value.strip() for key, value in self.gpu_node_selector):
+            self._fail("gpu_node_selector", "entries must be label=value with both parts non-empty")
+        self._one_of("gpu_toleration_effect", TOLERATION_EFFECTS)
+        for name in ("train_cpu", "cpu_task_cpu"):
+            self._matches(name, CPU_QUANTITY, "must be a Kubernetes CPU quantity, e.g. 4 or 500m")
+        for name in ("train_memory", "cpu_task_memory"):
+            self._matches(name, MEMORY_QUANTITY, "must be a Kubernetes memory quantity, e.g. 64Gi or 64G")
+        self._matches("minio_secret", r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", "must be a Kubernetes Secret name (lowercase, digits, '-', '.')")
+        self._at_least("train_retries", 0)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
+                             "registry": RegistryConfig, "cluster": ClusterConfig}
+
+# The run form's named parameters (Kubeflow UI, `submit --param NAME=VALUE`): the knobs runs vary
+# most, each the run-time path of exactly one config field. Every other field (cluster.* aside) is
+# set per run through the `overrides` parameter: {"train.lora_r": 8, "eval.precisions": ["float32"]}.
+# components/resolve.py declares the same names as its inputs (a test keeps the two in step).
+RUN_PARAMETERS: dict[str, str] = {
+    "data_uri": "data.data_uri",
+    "base_model": "train.base_model",
+    "matryoshka_dims": "train.matryoshka_dims",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "learning_rate": "train.learning_rate",
+    "loss": "train.loss",
+    "registry_uri": "registry.registry_uri",
+    "model_name": "registry.model_name",
+}
+# Fixed when compiling: Kubernetes placement cannot change per run.
+COMPILE_TIME_SECTIONS = ("cluster",)
 
 
 @dataclass(frozen=True)
@@ -184,35 +408,87 @@ class PipelineConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON values (tuples become lists): what KFP carries and `from_dict` reads back."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PipelineConfig":
+        """The inverse of `to_dict`, also after a trip through KFP (ints as floats, tuples as lists).
+        Every field must be present: a stage never fills a gap with a default it was not given."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a configuration must be a JSON object, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(SECTIONS) - {"profile"})
+        if unknown:
+            raise ConfigError(f"unknown config sections {unknown}; known: {', '.join(SECTIONS)}")
+        sections = {}
+        for name, section_type in SECTIONS.items():
+            given = values.get(name)
+            if not isinstance(given, dict):
+                raise ConfigError(f"configuration has no {name!r} section")
+            missing = sorted(f.name for f in dataclasses.fields(section_type) if f.name not in given)
+            if missing:
+                raise ConfigError(f"configuration section {name!r} lacks fields {missing}")
+            sections[name] = _build_section(section_type, given, name)
+        return cls(profile=str(values.get("profile", "")), **sections)
+
     def override(self, overrides: dict[str, Any] | list[str] | None) -> "PipelineConfig":
-        """Apply `{"train.epochs": 3}` or `["train.epochs=3"]` style overrides, type-checked."""
+        """Apply `{"train.epochs": 3}` or `["train.epochs=3"]` style overrides, typed by annotation."""
         if not overrides:
             return self
-        if isinstance(overrides, list):
-            overrides = dict(_split_assignment(item) for item in overrides)
-        config = self
+        if isinstance(overrides, (list, tuple)):
+            overrides = dict(split_assignment(item) for item in overrides)
+        changes: dict[str, dict[str, Any]] = {}
         for dotted, value in overrides.items():
-            section_name, _, field_name = dotted.partition(".")
-            section = getattr(config, section_name, None)
-            if section is None or not dataclasses.is_dataclass(section):
-                raise ConfigError(f"unknown config section {section_name!r} in {dotted!r}")
-            fields = {f.name: f for f in dataclasses.fields(section)}
-            if field_name not in fields:
-                raise ConfigError(f"unknown config field {dotted!r}; known: {', '.join(sorted(fields))}")
-            current = getattr(section, field_name)
-            section = dataclasses.replace(section, **{field_name: _coerce(value, current, dotted)})
-            config = dataclasses.replace(config, **{section_name: section})
+            section_name, field_name = _field_path(dotted)
+            changes.setdefault(section_name, {})[field_name] = value
+        config = self
+        for section_name, values in changes.items():
+            section = getattr(config, section_name)
+            current = dataclasses.asdict(section)
+            current.update(values)
+            config = dataclasses.replace(config, **{section_name: _build_section(type(section), current, section_name)})
         return config
 
+    def with_run_parameters(self, run_values: dict[str, Any], overrides: dict[str, Any] | None = None) -> "PipelineConfig":
+        """This config as one run sets it: named run parameters (RUN_PARAMETERS), then `overrides`.
 
-class ConfigError(ValueError):
-    pass
+        A field has one run-time path: one with a named parameter cannot also come through
+        `overrides`, and cluster placement cannot change per run."""
+        unknown = sorted(set(run_values) - set(RUN_PARAMETERS))
+        if unknown:
+            raise ConfigError(f"unknown run parameters {unknown}; known: {', '.join(RUN_PARAMETERS)} and overrides")
+        overrides = dict(overrides or {})
+        for dotted in overrides:
+            section_name, _ = _field_path(dotted)
+            if section_name in COMPILE_TIME_SECTIONS:
+                raise ConfigError(f"overrides: {dotted} is fixed when the pipeline is compiled; "
+                                  f"use `medembed compile --set {dotted}=...` (or submit --set) instead")
+            named = next((name for name, path in RUN_PARAMETERS.items() if path == dotted), None)
+            if named:
+                raise ConfigError(f"overrides: {dotted} has its own run parameter {named!r}; set it there")
+        return self.override({RUN_PARAMETERS[name]: value for name, value in run_values.items()}).override(overrides)
 
+    def to_markdown(self) -> str:
+        """Every field as a table, values that differ from the profile's default in bold."""
+        defaults = PROFILES.get(self.profile)
+        lines = [f"Profile `{self.profile}`; **bold**: changed from the profile.", "", "| field | value |", "| --- | --- |"]
+        for section_name in SECTIONS:
+            for name, value in dataclasses.asdict(getattr(self, section_name)).items():
+                dotted = f"{section_name}.{name}"
+                shown = f"`{json.dumps(value)}`"
+                changed = defaults is not None and defaults.value(dotted) != getattr(getattr(self, section_name), name)
+                lines.append(f"| {dotted} | {'**' + shown + '**' if changed else shown} |")
+        return "\n".join(lines) + "\n"
+
+    def value(self, dotted: str) -> Any:
+        section_name, field_name = _field_path(dotted)
+        return getattr(getattr(self, section_name), field_name)
+
+
+# ---------------------------------------------------------------- profiles
 
 LOCAL = PipelineConfig(
     profile="local",
@@ -220,9 +496,8 @@ LOCAL = PipelineConfig(
     # Measured on the bundled sample (same eval split): a negatives column made a CPU step 2.7x dearer
     # (11.5 vs 4.2 s). 800 pairs with one mined negative (topic + question-type guard) tie 1,200 pairs
     # without (NDCG@10 0.886 vs 0.886 at 384, 0.877 vs 0.876 at 64) but take ~6 min instead of ~4.
-    data=DataConfig(max_train_pairs=1200, dev_fraction=0.05, test_fraction=0.2, model=BUNDLED_MINILM,
-                    max_seq_length=128, num_negatives=0, mining_max_seq_length=64,
-                    eval_distractors=200),
+    data=DataConfig(max_train_pairs=1200, dev_fraction=0.05, test_fraction=0.2, num_negatives=0,
+                    mining_max_seq_length=64, eval_distractors=200),
     train=TrainConfig(
         base_model=BUNDLED_MINILM,
         matryoshka_dims=(384, 256, 128, 64),
@@ -240,7 +515,7 @@ LOCAL = PipelineConfig(
 CLUSTER = PipelineConfig(
     profile="cluster",
     data=DataConfig(data_uri="s3://medembed-data/medquad/medquad.jsonl.gz"),
-    # Pre-emptible GPU nodes: checkpoints in MinIO, one folder per pipeline run (components/train.py).
+    # Pre-emptible GPU nodes: checkpoints in MinIO, one folder per pipeline run.
     train=TrainConfig(checkpoint_uri="s3://medembed-checkpoints/train"),
     eval=EvalConfig(batch_size=256),
     registry=RegistryConfig(registry_uri="s3://medembed-registry/models"),
@@ -253,81 +528,120 @@ def load_config(profile: str = "local", overrides: dict[str, Any] | list[str] | 
     try:
         base = PROFILES[profile]
     except KeyError:
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}") from None
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(sorted(PROFILES))}") from None
     return base.override(overrides)
 
 
-def _split_assignment(item: str) -> tuple[str, str]:
+def split_assignment(item: str) -> tuple[str, str]:
+    """'section.field=value' -> ('section.field', 'value'). The value is kept as given: a prompt's
+    trailing space is part of it (e5's "query: ")."""
     key, sep, value = item.partition("=")
     if not sep:
         raise ConfigError(f"override {item!r} is not of the form section.field=value")
-    return key.strip(), value.strip()
+    return key.strip(), value
 
 
-def section_from_dict(section_type: type, values: dict[str, Any], ignore_unknown: bool = False):
-    """A config section (DataConfig, TrainConfig, ...) from JSON-ish values, e.g. a KFP dict parameter.
-
-    KFP carries dicts as protobuf Structs, so ints come back as floats and tuples as lists: every
-    value is cast back to its field's type (a float 128.0 would break `range()` deep in training).
-    """
-    defaults = section_type()
-    fields = {f.name for f in dataclasses.fields(section_type)}
-    unknown = set(values) - fields
-    if unknown and not ignore_unknown:
-        raise ConfigError(f"unknown {section_type.__name__} fields {sorted(unknown)}; known: {sorted(fields)}")
-    return section_type(**{
-        name: _coerce(value, getattr(defaults, name), name) for name, value in values.items() if name in fields
-    })
+def parse_section(section_type: type, values: dict[str, Any]):
+    """A typed, checked section from JSON-ish values (fields not given keep their defaults)."""
+    return _build_section(section_type, values, section_type.SECTION)
 
 
-def _coerce(value: Any, current: Any, name: str) -> Any:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        try:
-            if isinstance(current, bool):
-                return bool(value)
-            if isinstance(current, int):
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError(value)
-                return int(value)
-            if isinstance(current, float):
-                return float(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"cannot read {name}={value!r} as {type(current).__name__}") from exc
-        if isinstance(current, tuple) and isinstance(value, (list, tuple)):
-            if current and isinstance(current[0], tuple):
-                return tuple(tuple(item) for item in value)
-            if current and isinstance(current[0], int):
-                return tuple(int(item) for item in value)
-            return tuple(value)
-        return value
+def field_type(dotted: str) -> Any:
+    section_name, field_name = _field_path(dotted)
+    return typing.get_type_hints(SECTIONS[section_name])[field_name]
+
+
+# ---------------------------------------------------------------- parsing by annotation
+
+
+def _field_path(dotted: str) -> tuple[str, str]:
+    section_name, _, field_name = dotted.partition(".")
+    if section_name not in SECTIONS:
+        raise ConfigError(f"unknown config section {section_name!r} in {dotted!r}; known: {', '.join(SECTIONS)}")
+    names = [f.name for f in dataclasses.fields(SECTIONS[section_name])]
+    if field_name not in names:
+        raise ConfigError(f"unknown config field {dotted!r}; known in {section_name}: {', '.join(names)}")
+    return section_name, field_name
+
+
+def _build_section(section_type: type, values: dict[str, Any], section_name: str):
+    hints = typing.get_type_hints(section_type)
+    names = {f.name for f in dataclasses.fields(section_type)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config fields {', '.join(f'{section_name}.{n}' for n in unknown)}")
+    typed = {name: parse_value(value, hints[name], f"{section_name}.{name}") for name, value in values.items()}
+    return section_type(**typed)
+
+
+def parse_value(value: Any, annotation: Any, name: str) -> Any:
+    """`value` (CLI text, JSON, or a KFP-mangled value) as the annotated type, or a one-line ConfigError."""
     try:
-        if isinstance(current, bool):
-            if value.lower() in ("1", "true", "yes"):
-                return True
-            if value.lower() in ("0", "false", "no"):
-                return False
+        return _parse(value, annotation)
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise ConfigError(f"{name}={value!r}: expected {_describe(annotation)}") from None
+
+
+def _parse(value: Any, annotation: Any) -> Any:
+    if annotation is str:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.strip().lower() in ("1", "true", "yes")
+        raise ValueError(value)
+    if annotation is int:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        number = float(value.strip()) if isinstance(value, str) else value
+        if isinstance(number, int):
+            return number
+        if isinstance(number, float) and number.is_integer():
+            return int(number)
+        raise ValueError(value)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        number = float(value.strip() if isinstance(value, str) else value)
+        if not math.isfinite(number):
             raise ValueError(value)
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-        if isinstance(current, tuple):
-            parsed = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
-            if current and isinstance(current[0], tuple):
-                # Pairs such as node selectors: "key=value,key2=value2" or JSON [[key, value], ...].
-                return tuple(tuple(p) if isinstance(p, list) else tuple(_split_assignment(p)) for p in parsed)
-            if current and isinstance(current[0], int):
-                return tuple(int(v) for v in parsed)
-            return tuple(parsed)
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read {name}={value!r} as {type(current).__name__}") from exc
-    return value
+        return number
+    if typing.get_origin(annotation) is tuple:
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
+            if isinstance(value, str):
+                text = value.strip()
+                if text.startswith(("[", "{")):
+                    value = json.loads(text)
+                else:
+                    value = [part for part in text.split(",") if part.strip()]
+            if isinstance(value, dict):  # {"label": "value"} for key=value pairs
+                value = list(value.items())
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(value)
+            return tuple(_parse(item, args[0]) for item in value)
+        # A fixed-size tuple such as a (label, value) pair, also written "label=value".
+        if isinstance(value, str):
+            value = value.split("=", 1)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(value)
+        return tuple(_parse(item, item_type) for item, item_type in zip(value, args))
+    raise TypeError(f"unsupported annotation {annotation!r}")
 
 
-def component_image() -> str:
-    """The project image every component runs in on the cluster (MEDEMBED_IMAGE overrides it at compile time)."""
-    import os
-
-    return os.environ.get("MEDEMBED_IMAGE", CLUSTER.cluster.image)
+def _describe(annotation: Any, plural: bool = False) -> str:
+    if typing.get_origin(annotation) is tuple:
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            if typing.get_origin(args[0]) is tuple:
+                return "label=value pairs, e.g. pool=gpu,zone=a"
+            return f"a comma-separated list of {_describe(args[0], plural=True)} or a JSON list"
+        return "a label=value pair"
+    names = {str: ("text", "texts"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+             bool: ("true or false", "booleans")}
+    return names.get(annotation, (str(annotation), str(annotation)))[plural]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from pathlib import Path
 
 from .config import AUTO, BUNDLED_MINILM
 
 log = logging.getLogger(__name__)
 
-# Keys matter: sentence-transformers' encode_document looks up "document", not "passage" (GUIDE §4).
+# Keys matter: sentence-transformers' encode_document looks up "document", not "passage" (docs/STACK-NOTES.md §1).
 QUERY_PROMPT_NAME = "query"
 DOCUMENT_PROMPT_NAME = "document"
 E5_PROMPTS = ("query: ", "passage: ")
@@ -25,6 +27,37 @@ def resolve_model_path(ref: str) -> str:
     if ref.startswith("bundled:"):
         raise ValueError(f"unknown bundled model {ref!r}; known: {BUNDLED_MINILM}")
     return ref
+
+
+def embedding_dimension(ref: str) -> int | None:
+    """The model's output size from its config files, without loading weights; None when unknown
+    (a hub model that is not cached and cannot be fetched)."""
+    root = Path(resolve_model_path(ref))
+    try:
+        if (root / "modules.json").is_file():
+            dim = None
+            for module in json.loads((root / "modules.json").read_text()):
+                config_file = root / module.get("path", "") / "config.json"
+                kind = module.get("type", "")
+                if not config_file.is_file() or not kind.endswith(("Pooling", "Dense")):
+                    continue
+                settings = json.loads(config_file.read_text())
+                if kind.endswith("Dense"):
+                    dim = settings["out_features"]
+                elif "embedding_dimension" in settings:  # sentence-transformers 6 layout
+                    modes = settings.get("pooling_mode", "mean")
+                    dim = settings["embedding_dimension"] * (len(modes) if isinstance(modes, list) else 1)
+                else:  # earlier layout: one flag per pooling mode
+                    modes = sum(1 for key, on in settings.items() if key.startswith("pooling_mode_") and on is True)
+                    dim = settings["word_embedding_dimension"] * max(modes, 1)
+            if dim is not None:
+                return int(dim)
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(str(root) if root.exists() else ref).hidden_size)
+    except Exception as exc:  # noqa: BLE001 - unknown here; training checks again once the model is loaded
+        log.warning("could not read the embedding size of %s (%s); training will check the dims", ref, type(exc).__name__)
+        return None
 
 
 def resolve_prompts(model_ref: str, query_prompt: str = AUTO, passage_prompt: str = AUTO) -> tuple[str, str]:
@@ -68,9 +101,9 @@ def configure_torch() -> str:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        # cuDNN attention re-plans for every new (batch, length) shape and made bf16 slower (GUIDE §4).
+        # cuDNN attention re-plans for every new (batch, length) shape and made bf16 slower (docs/STACK-NOTES.md §3).
         torch.backends.cuda.enable_cudnn_sdp(False)
-        # The CPU only feeds the GPU: one intra-op thread avoids OpenMP spin contention (GUIDE §4:
+        # The CPU only feeds the GPU: one intra-op thread avoids OpenMP spin contention (docs/STACK-NOTES.md §3:
         # 145 -> 161 pairs/s). MEDEMBED_THREADS overrides.
         torch.set_num_threads(int(os.environ.get("MEDEMBED_THREADS", "1")))
         return "cuda"
@@ -80,7 +113,7 @@ def configure_torch() -> str:
 
 def configure_cpu_threads() -> int:
     """On shared 2-core machines a busy second core makes 2-thread matmul 3-5x slower than
-    1 thread (GUIDE §4): time both and keep the faster. MEDEMBED_THREADS forces a count."""
+    1 thread (docs/STACK-NOTES.md §4): time both and keep the faster. MEDEMBED_THREADS forces a count."""
     import torch
 
     forced = os.environ.get("MEDEMBED_THREADS")

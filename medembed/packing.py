@@ -14,7 +14,7 @@ registered attention function. This module joins the two:
   saved model, are exactly those of the padded model.
 
 Optionally every encoder layer is compiled (`torch.compile`, dynamic shapes: one graph serves all
-layers and all packed lengths), which fuses the memory-bound GELU/LayerNorm/dropout work (GUIDE §4).
+layers and all packed lengths), which fuses the memory-bound GELU/LayerNorm/dropout work (docs/STACK-NOTES.md §3).
 
 Numerically the packed model computes the same function as the padded one (tests/test_packing.py),
 with one exception in training mode: varlen attention has no dropout on attention probabilities, so

@@ -18,7 +18,6 @@ from medembed import cli
 
 
 def _compile(tmp_path, monkeypatch, *extra: str) -> tuple[dict, dict, str]:
-    monkeypatch.delenv("MEDEMBED_IMAGE", raising=False)
     out = tmp_path / "ir" / "pipeline.yaml"
     assert cli.main(["compile", "--output", str(out), *extra]) == 0
     text = out.read_text()
@@ -66,7 +65,8 @@ def test_prep_stays_on_cpu_without_mining(tmp_path):
 def test_every_task_reads_minio_credentials_from_the_secret(compiled):
     spec, k8s, text = compiled
     executors = spec["deploymentSpec"]["executors"]
-    assert set(k8s) == set(executors)
+    # Every task that touches storage; the configuration task reads nothing but its inputs.
+    assert set(k8s) == set(executors) - {"exec-resolve-config"}
     for name, platform in k8s.items():
         (secret,) = platform["secretAsEnv"]
         assert secret["secretName"] == "medembed-minio", name
@@ -81,15 +81,21 @@ def test_every_task_reads_minio_credentials_from_the_secret(compiled):
         assert literal not in text
 
 
+def _profile(spec: dict) -> dict:
+    """The compiled profile: every field's default, resolved with the run form by the first task."""
+    return spec["root"]["dag"]["tasks"]["resolve-config"]["inputs"]["parameters"]["profile_config"]["runtimeValue"]["constant"]
+
+
 def test_parameter_defaults_follow_the_cluster_profile(compiled):
     defaults = _defaults(compiled[0])
     assert defaults["base_model"] == "intfloat/multilingual-e5-large"
     # KFP stores numbers as floats in the IR.
     assert [int(d) for d in defaults["matryoshka_dims"]] == [1024, 768, 512, 384, 256, 128, 64]
     assert defaults["epochs"] == 5
-    assert defaults["warmup_steps"] == 100
-    assert defaults["eval_steps"] == 1000
+    assert _profile(compiled[0])["train"]["warmup_steps"] == 100
+    assert _profile(compiled[0])["train"]["eval_steps"] == 1000
     assert defaults["batch_size"] == 32
+    assert defaults["overrides"] == {}
     assert defaults["data_uri"].startswith("s3://medembed-data/")
     assert defaults["registry_uri"].startswith("s3://medembed-registry/")
 
@@ -101,11 +107,10 @@ def test_set_override_changes_the_default(tmp_path, monkeypatch):
 
 
 def test_image_override_at_compile_time(tmp_path):
-    # MEDEMBED_IMAGE is read when the components are first imported: compile in a fresh interpreter.
     out = tmp_path / "pipeline.yaml"
-    env = {**os.environ, "MEDEMBED_IMAGE": "registry.example.com/medembed:dev"}
-    subprocess.run([sys.executable, "-m", "medembed", "compile", "--output", str(out)], check=True, env=env,
+    subprocess.run([sys.executable, "-m", "medembed", "compile", "--output", str(out),
+                    "--set", "cluster.image=registry.example.com/medembed:9.9"], check=True,
                    cwd=Path(__file__).resolve().parents[1], capture_output=True)
     spec = next(yaml.safe_load_all(out.read_text()))
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {"registry.example.com/medembed:dev"}
+    images = [e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()]
+    assert len(images) == 5 and set(images) == {"registry.example.com/medembed:9.9"}

@@ -1,6 +1,15 @@
+"""The configuration: profiles, typing by annotation, validation with one-line messages, the run form."""
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+
 import pytest
 
-from medembed.config import E5_LARGE, ConfigError, load_config
+from medembed.config import (E5_LARGE, RUN_PARAMETERS, SECTIONS, ConfigError, DataConfig, PipelineConfig, TrainConfig,
+                             load_config, parse_section)
 
 
 def test_profiles_differ_where_the_product_says():
@@ -21,6 +30,20 @@ def test_overrides_are_typed():
     assert load_config("local").train.epochs == 1, "profiles must not be mutated by overrides"
 
 
+def test_types_come_from_annotations_not_defaults():
+    # eval_dims defaults to (): its element type comes from the annotation.
+    config = load_config("cluster", ["train.eval_dims=256,128"])
+    assert config.train.eval_dims == (256, 128) and all(type(d) is int for d in config.train.eval_dims)
+    # Values keep their spaces: e5's prompt ends in one.
+    assert load_config("cluster", ["train.query_prompt=query: "]).train.query_prompt == "query: "
+
+
+def test_dims_are_normalised_in_one_place():
+    config = load_config("local", ["train.matryoshka_dims=64,256,256,128", "train.eval_dims=[64, 128, 64]"])
+    assert config.train.matryoshka_dims == (256, 128, 64)
+    assert config.train.eval_dims == (128, 64)
+
+
 def test_dict_overrides_and_json_list():
     config = load_config("cluster", {"train.matryoshka_dims": "[768, 128]", "cluster.minio_secure": "true"})
     assert config.train.matryoshka_dims == (768, 128)
@@ -30,7 +53,7 @@ def test_dict_overrides_and_json_list():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.epochs=three", "cannot read train.epochs"),
+        ("train.epochs=three", r"train.epochs='three': expected an integer"),
         ("train.nope=1", "unknown config field 'train.nope'"),
         ("nope.epochs=1", "unknown config section"),
         ("train.epochs", "not of the form"),
@@ -39,6 +62,34 @@ def test_dict_overrides_and_json_list():
 def test_bad_overrides_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("local", [override])
+
+
+@pytest.mark.parametrize(
+    "override, accepted",
+    [
+        ("train.loss=foo", "choose one of mnrl, cached_mnrl"),
+        ("data.pii_action=delete", "choose one of redact, fail, off"),
+        ("train.epochs=-1", "must be at least 1"),
+        ("data.test_fraction=1.5", r"must be in \(0, 1\)"),
+        ("registry.model_name=bad name!", "letters, digits"),
+        ("cluster.train_memory=64GB", "Kubernetes memory quantity"),
+        ("train.eval_dims=abc", "comma-separated list of integers"),
+        ("data.data_uri=", "must not be empty"),
+        ("train.matryoshka_dims=0,64", "positive"),
+        ("train.eval_dims=32", "not among train.matryoshka_dims"),
+        ("eval.precisions=int8", "must include float32"),
+        ("train.quantize_4bit=true", "set train.lora_r > 0"),
+        ("train.best_metric=loss", "mean_ndcg@10"),
+        ("cluster.train_cpu=eight", "Kubernetes CPU quantity"),
+        ("train.learning_rate=0", r"must be in \(0, 1\)"),
+    ],
+)
+def test_values_a_run_would_fail_on_are_refused_in_one_line(override, accepted):
+    field, _, value = override.partition("=")
+    with pytest.raises(ConfigError) as caught:
+        load_config("cluster", [override])
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(field) and re.search(accepted, message)
 
 
 def test_unknown_profile():
@@ -53,20 +104,69 @@ def test_node_selector_override_accepts_key_value_pairs():
     assert config.cluster.gpu_node_selector == (("pool", "a"), ("zone", "b"))
 
 
-def test_sections_survive_a_kfp_dict_round_trip():
+def test_the_config_survives_a_kfp_dict_round_trip():
     """KFP hands dict parameters back with ints as floats and tuples as lists."""
-    import dataclasses
-    import json
+    config = load_config("cluster", ["train.eval_dims=256", "train.lora_r=8"])
 
-    from medembed.config import DataConfig, TrainConfig, section_from_dict
+    def mangle(value):
+        if isinstance(value, dict):
+            return {k: mangle(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mangle(v) for v in value]
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
-    train = load_config("cluster").train
-    mangled = json.loads(json.dumps({k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-                                     for k, v in dataclasses.asdict(train).items()}))
-    restored = section_from_dict(TrainConfig, mangled)
-    assert restored == train
-    assert isinstance(restored.mini_batch_size, int) and isinstance(restored.matryoshka_dims[0], int)
-    with pytest.raises(ConfigError, match="cannot read epochs=2.5"):
-        section_from_dict(TrainConfig, {"epochs": 2.5})
-    with pytest.raises(ConfigError, match="unknown DataConfig fields"):
-        section_from_dict(DataConfig, {"colour": "red"})
+    restored = PipelineConfig.from_dict(json.loads(json.dumps(mangle(config.to_dict()))))
+    assert restored == config
+    assert type(restored.train.mini_batch_size) is int and type(restored.train.matryoshka_dims[0]) is int
+    with pytest.raises(ConfigError, match="train.epochs=2.5"):
+        parse_section(TrainConfig, {"epochs": 2.5})
+    with pytest.raises(ConfigError, match="data.colour"):
+        parse_section(DataConfig, {"colour": "red"})
+    incomplete = config.to_dict()
+    del incomplete["train"]["epochs"]
+    with pytest.raises(ConfigError, match=r"lacks fields \['epochs'\]"):
+        PipelineConfig.from_dict(incomplete)
+
+
+def test_run_parameters_then_overrides_each_field_one_path():
+    config = load_config("cluster").with_run_parameters({"epochs": 2.0, "matryoshka_dims": [256.0, 64.0]},
+                                                       {"train.lora_r": 4, "eval.precisions": ["float32", "int8"]})
+    assert (config.train.epochs, config.train.matryoshka_dims, config.train.lora_r) == (2, (256, 64), 4)
+    assert config.eval.precisions == ("float32", "int8")
+    with pytest.raises(ConfigError, match="has its own run parameter 'epochs'"):
+        load_config("cluster").with_run_parameters({}, {"train.epochs": 3})
+    with pytest.raises(ConfigError, match="fixed when the pipeline is compiled"):
+        load_config("cluster").with_run_parameters({}, {"cluster.image": "x"})
+    with pytest.raises(ConfigError, match="unknown run parameters"):
+        load_config("cluster").with_run_parameters({"epoch": 3})
+
+
+def test_every_run_parameter_names_a_field_and_the_resolve_component_declares_exactly_them():
+    import inspect
+
+    from components.resolve import resolve_config
+
+    for path in RUN_PARAMETERS.values():
+        section, field = path.split(".")
+        assert field in {f.name for f in dataclasses.fields(SECTIONS[section])}
+    inputs = set(inspect.signature(resolve_config).parameters) - {"profile_config", "overrides", "resolved_config"}
+    assert inputs == set(RUN_PARAMETERS)
+
+
+def test_cli_refuses_bad_values_with_one_line_and_exit_2(tmp_path):
+    """The issue's list, through the real console entry point: one line on stderr, exit 2, nothing written."""
+    cases = ["train.loss=foo", "data.pii_action=delete", "train.epochs=-1", "data.test_fraction=1.5",
+             "registry.model_name=bad name!", "cluster.train_memory=64GB", "train.eval_dims=abc", "data.data_uri="]
+    script = ("import sys; from medembed.cli import main\n"
+              "for case in sys.argv[1:]:\n"
+              "    code = main(['compile', '--output', 'never.yaml', '--set', case])\n"
+              "    print('EXIT', code, flush=True)\n")
+    result = subprocess.run([sys.executable, "-c", script, *cases], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.stdout.split() == ["EXIT", "2"] * len(cases)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(cases) and "Traceback" not in result.stderr
+    for case, line in zip(cases, errors):
+        assert line.startswith(f"error: {case.split('=')[0]}=")
+    assert not (tmp_path / "never.yaml").exists()
+

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from conftest import make_rows, write_jsonl
-from medembed import data
 from medembed.config import LOCAL
-from medembed.ingest import parse_inputs, read_records, resolve_local_path
+from medembed.prep import DataError, stage
+from medembed.prep.ingest import parse_inputs, read_records, resolve_local_path
 
 MEDQUAD_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Document id="{doc}" source="GHR" url="https://example.org/{doc}">
@@ -32,7 +32,8 @@ def config_for(uri: str, **changes):
 
 
 def prep(tmp_path, config):
-    return data.prepare(config, tmp_path / "train", tmp_path / "eval")
+    return stage.prepare(config, tmp_path / "train", tmp_path / "eval", model=LOCAL.train.base_model,
+                         max_seq_length=LOCAL.train.max_seq_length)
 
 
 def test_csv_parquet_and_jsonl_give_the_same_prepared_data(tmp_path):
@@ -98,7 +99,7 @@ def test_s3_input(tmp_path, s3_endpoint):
     assert stats.rows_read == len(make_rows())
     stats = prep(tmp_path / "prefix", config_for("s3://medembed-data/pairs/"))
     assert stats.rows_read == len(make_rows())
-    with pytest.raises(data.DataError, match="input not found"):
+    with pytest.raises(DataError, match="input not found"):
         resolve_local_path("s3://medembed-data/nothing-here", tmp_path)
 
 

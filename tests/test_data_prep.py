@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from conftest import make_rows, write_jsonl
-from medembed import data, dedup, negatives, privacy
+from medembed import artifacts
 from medembed.config import LOCAL
-from medembed.data import DataError
+from medembed.prep import DataError, cleaning, dedup, negatives, privacy, split, stage
+from medembed.prep.stats import PrepStats
+from medembed.prep.validation import normalize_text
 
 PLANTED_PII = ["jane.doe@example.org", "555-123-4567", "84736251", "04/05/1961", "Johnson"]
 GOUT_ANSWER = "Gout is caused by uric acid crystals that build up in a joint and cause sudden pain and swelling."
@@ -73,13 +75,18 @@ def config_for(path, **changes):
     return dataclasses.replace(base, **changes)
 
 
+def prepare(config, train_dir, eval_dir, model=LOCAL.train.base_model, max_seq_length=LOCAL.train.max_seq_length, **kwargs):
+    """Prep with the local profile's training model, as the pipeline couples them."""
+    return stage.prepare(config, train_dir, eval_dir, model=model, max_seq_length=max_seq_length, **kwargs)
+
+
 def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_planted_problems_are_caught_and_counted(tmp_path):
     path = write_planted(tmp_path)
-    stats = data.prepare(config_for(path), tmp_path / "train", tmp_path / "eval", embed=bag_of_words)
+    stats = prepare(config_for(path), tmp_path / "train", tmp_path / "eval", embed=bag_of_words)
 
     issues = stats.validation["issues_by_reason"]
     assert issues["wrong type"] == 1 and issues["broken encoding"] == 1 and issues["empty"] == 1
@@ -99,9 +106,9 @@ def test_planted_problems_are_caught_and_counted(tmp_path):
         assert value not in outputs, "personal data must be redacted from every output, reports included"
     assert "<b>" not in outputs and "Eczema is an itchy skin inflammation & rash." in outputs
 
-    train = read(tmp_path / "train" / data.TRAIN_FILE)
+    train = read(tmp_path / "train" / artifacts.TRAIN_FILE)
     assert all(set(row) == {"anchor", "positive", "negative_1"} for row in train)
-    row_of = {data.normalize_text(r["answer"]): r for r in planted_rows() if isinstance(r["answer"], str)}
+    row_of = {normalize_text(r["answer"]): r for r in planted_rows() if isinstance(r["answer"], str)}
     same_document_other_type = 0
     for row in train:
         positive, negative = row_of.get(row["positive"], {}), row_of.get(row["negative_1"], {})
@@ -113,17 +120,17 @@ def test_planted_problems_are_caught_and_counted(tmp_path):
             assert positive.get("doc_id") != negative.get("doc_id"), "a same-group passage became a negative"
     # The hardest true negatives (same disease, another question type) are now mined.
     assert same_document_other_type > 0
-    queries = read(tmp_path / "eval" / data.QUERIES_FILE)
+    queries = read(tmp_path / "eval" / artifacts.QUERIES_FILE)
     assert all(q["language"] == "en" for q in queries)
-    card = (tmp_path / "train" / data.CARD_HTML_FILE).read_text()
+    card = (tmp_path / "train" / artifacts.CARD_HTML_FILE).read_text()
     assert "data:image/png;base64," in card and "near-duplicate queries crossing splits" in card
 
 
 def test_planted_leaks_share_a_group_and_a_crossing_is_detected(tmp_path):
     config = config_for(write_planted(tmp_path))
-    stats = data.PrepStats(source="planted")
-    pairs = data.mark_near_duplicates(data.load_pairs(config, stats, tmp_path), config, stats)
-    groups = data.connected_groups(pairs)
+    stats = PrepStats(source="planted")
+    pairs = split.mark_near_duplicates(cleaning.load_pairs(config, stats, tmp_path), config, stats)
+    groups = split.connected_groups(pairs)
     group_of = {p["query"]: g for p, g in zip(pairs, groups)}
     assert group_of["What causes gout attacks ?"] == group_of["Why does podagra happen ?"]  # shared answer
     assert group_of["What causes gout attacks ?"] == group_of["What causes gout attacks?"]  # same query
@@ -131,7 +138,7 @@ def test_planted_leaks_share_a_group_and_a_crossing_is_detected(tmp_path):
 
     # Split the planted leaks apart on purpose: both checks must notice.
     leaky = ["test" if p["query"] in ("Why does podagra happen ?", "What are the common causes of gout flares in older adults who live alone today ?") else "train" for p in pairs]
-    assert data.groups_crossing(pairs, leaky) >= 2
+    assert split.groups_crossing(pairs, leaky) >= 2
     queries = [p["query"] for p in pairs]
     signatures = dedup.signatures(queries, config.minhash_perms, config.shingle_words, config.shingle_max_words)
     assert dedup.crossing_near_duplicates(queries, signatures, leaky, config.near_dup_threshold) >= 1
@@ -158,15 +165,15 @@ def test_guard_keys_allow_same_topic_other_question_type():
         return {"guard": {"focus": focus, "qtype": qtype}, "query_cluster": query_cluster, "passage_cluster": passage_cluster}
 
     fields = ("focus", "qtype")
-    symptoms = data.negative_guard_keys(pair(("gout",), ("symptoms",), 1, 1), group=7, fields=fields)
-    treatment = data.negative_guard_keys(pair(("gout",), ("treatment",), 2, 2), group=7, fields=fields)
-    other_source = data.negative_guard_keys(pair(("gout", "podagra"), ("symptoms",), 3, 3), group=7, fields=fields)
-    shared_answer = data.negative_guard_keys(pair(("lupus",), ("causes",), 4, 1), group=9, fields=fields)
-    unknown_type = data.negative_guard_keys(pair(("gout",), (), 5, 5), group=7, fields=fields)
+    symptoms = negatives.negative_guard_keys(pair(("gout",), ("symptoms",), 1, 1), group=7, fields=fields)
+    treatment = negatives.negative_guard_keys(pair(("gout",), ("treatment",), 2, 2), group=7, fields=fields)
+    other_source = negatives.negative_guard_keys(pair(("gout", "podagra"), ("symptoms",), 3, 3), group=7, fields=fields)
+    shared_answer = negatives.negative_guard_keys(pair(("lupus",), ("causes",), 4, 1), group=9, fields=fields)
+    unknown_type = negatives.negative_guard_keys(pair(("gout",), (), 5, 5), group=7, fields=fields)
     assert not symptoms & treatment
     assert symptoms & other_source and symptoms & shared_answer
     assert ("group", 7) in unknown_type and ("group", 7) not in symptoms
-    assert ("group", 7) in data.negative_guard_keys(pair(("gout",), ("symptoms",), 1, 1), group=7, fields=())
+    assert ("group", 7) in negatives.negative_guard_keys(pair(("gout",), ("symptoms",), 1, 1), group=7, fields=())
 
     queries = ["what are the symptoms of gout", "how is gout treated", "what are the signs of gout"]
     positives = ["gout symptoms are joint pain and swelling", "gout treatment is rest and medicine for joint pain",
@@ -188,7 +195,7 @@ def test_miner_applies_margin_and_ceiling():
 def test_too_many_bad_rows_fail_naming_file_row_and_field(tmp_path):
     path = write_planted(tmp_path)
     with pytest.raises(DataError) as error:
-        data.prepare(config_for(path, max_bad_row_fraction=0.01), tmp_path / "train", tmp_path / "eval", embed=bag_of_words)
+        prepare(config_for(path, max_bad_row_fraction=0.01), tmp_path / "train", tmp_path / "eval", embed=bag_of_words)
     message = str(error.value)
     assert str(path) in message and "row" in message and "field 'question'" in message and "tolerance" in message
     assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
@@ -197,7 +204,7 @@ def test_too_many_bad_rows_fail_naming_file_row_and_field(tmp_path):
 def test_pii_fail_mode_names_rows_and_kinds_but_not_values(tmp_path):
     path = write_planted(tmp_path)
     with pytest.raises(DataError, match="personal data") as error:
-        data.prepare(config_for(path, pii_action="fail"), tmp_path / "train", tmp_path / "eval", embed=bag_of_words)
+        prepare(config_for(path, pii_action="fail"), tmp_path / "train", tmp_path / "eval", embed=bag_of_words)
     message = str(error.value)
     assert "email" in message and "row" in message
     assert not any(value in message for value in PLANTED_PII)
@@ -221,7 +228,7 @@ def test_privacy_leaves_medical_text_alone(text):
 
 
 def test_question_heading_is_removed_only_when_it_repeats_the_question():
-    from medembed.validation import strip_question_heading
+    from medembed.prep.validation import strip_question_heading
 
     answer = "What are the signs and symptoms of ABCD syndrome? The Human Phenotype Ontology lists them."
     assert strip_question_heading("What are the symptoms of ABCD syndrome ?", answer, 0.6) == ("The Human Phenotype Ontology lists them.", True)
@@ -259,7 +266,7 @@ def test_banded_lsh_finds_what_datasketch_lsh_finds():
 
 
 def test_language_detection_matches_the_library_and_tags_french():
-    from medembed.language import detect_languages, detect_languages_reference
+    from medembed.prep.language import detect_languages, detect_languages_reference
 
     texts = ["Quels sont les effets indésirables des anticoagulants oraux ?", "What are the symptoms of gout ?",
              "¿Cuáles son los síntomas de la gota?", ""]
@@ -270,7 +277,7 @@ def test_language_detection_matches_the_library_and_tags_french():
 def test_bundled_medquad_sample_report(tmp_path):
     """The local profile's data, mining excluded: counts at each step, zero leakage, truncation."""
     config = dataclasses.replace(LOCAL.data, num_negatives=0)
-    stats = data.prepare(config, tmp_path / "train", tmp_path / "eval")
+    stats = prepare(config, tmp_path / "train", tmp_path / "eval")
     assert stats.rows_read == 3000 and stats.dropped_bad == 0
     assert stats.rows_kept == 3000 - stats.dropped_duplicate - stats.dropped_near_duplicate
     assert stats.groups_crossing_splits == 0 and stats.near_duplicate_queries_crossing_splits == 0
@@ -278,41 +285,33 @@ def test_bundled_medquad_sample_report(tmp_path):
     assert passages["truncated"] > 0 and 0 < passages["truncated_pct"] < 100
     assert stats.languages == {"en": stats.rows_kept}
     assert stats.eval_distractors == config.eval_distractors and stats.eval_corpus > stats.eval_distractors
-    card = (tmp_path / "train" / data.CARD_MARKDOWN_FILE).read_text()
+    card = (tmp_path / "train" / artifacts.CARD_MARKDOWN_FILE).read_text()
     for line in ("| rows read | 3000 |", "| groups crossing splits | 0 |", "truncated", "## Languages"):
         assert line in card
-    qrels = (tmp_path / "eval" / data.QRELS_FILE).read_text().splitlines()
+    qrels = (tmp_path / "eval" / artifacts.QRELS_FILE).read_text().splitlines()
     assert len(qrels) - 1 == stats.eval_qrels >= stats.eval_queries
 
 
 def test_fingerprint_is_stable_and_content_sensitive(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", make_rows())
     config = config_for(path, num_negatives=0)
-    first = data.prepare(config, tmp_path / "a" / "train", tmp_path / "a" / "eval").fingerprint
-    again = data.prepare(config, tmp_path / "b" / "train", tmp_path / "b" / "eval").fingerprint
+    first = prepare(config, tmp_path / "a" / "train", tmp_path / "a" / "eval").fingerprint
+    again = prepare(config, tmp_path / "b" / "train", tmp_path / "b" / "eval").fingerprint
     rows = make_rows()
     rows[0]["answer"] += " Changed."
-    changed = data.prepare(config_for(write_jsonl(tmp_path / "changed.jsonl", rows), num_negatives=0),
+    changed = prepare(config_for(write_jsonl(tmp_path / "changed.jsonl", rows), num_negatives=0),
                            tmp_path / "c" / "train", tmp_path / "c" / "eval").fingerprint
     assert first == again != changed
 
 
 def test_mining_with_a_real_model_writes_negative_columns(tmp_path, tiny_model_dir):
     path = write_jsonl(tmp_path / "pairs.jsonl", make_rows())
-    config = config_for(path, model=str(tiny_model_dir), max_seq_length=32, num_negatives=2)
-    stats = data.prepare(config, tmp_path / "train", tmp_path / "eval")
-    train = read(tmp_path / "train" / data.TRAIN_FILE)
+    config = config_for(path, num_negatives=2)
+    stats = prepare(config, tmp_path / "train", tmp_path / "eval", model=str(tiny_model_dir), max_seq_length=32)
+    train = read(tmp_path / "train" / artifacts.TRAIN_FILE)
     assert all(set(row) == {"anchor", "positive", "negative_1", "negative_2"} for row in train)
     # "... described here: <topic> <question type> details ...": never the same topic and question type.
     topic_and_type = lambda text: tuple(text.split(":")[-1].split()[:2])  # noqa: E731
     assert all(topic_and_type(row["positive"]) not in (topic_and_type(row["negative_1"]), topic_and_type(row["negative_2"]))
                for row in train)
     assert stats.mining["queries"] == len(train) and stats.token_lengths["tokenizer"] == str(tiny_model_dir)
-
-
-def test_config_from_kfp_style_options():
-    options = json.loads(json.dumps(dataclasses.asdict(LOCAL.data)))
-    options = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in options.items()}
-    assert data.config_from_options(options) == LOCAL.data
-    with pytest.raises(DataError, match="unknown DataConfig fields"):
-        data.config_from_options({"nope": 1})

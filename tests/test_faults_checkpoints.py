@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import make_rows, write_jsonl
-from medembed import checkpoints, scratch, stages, training
+from medembed import artifacts, scratch
+from medembed.config import LOCAL, TrainConfig
+from medembed.train import checkpoints, recipe
+from medembed.train import stage as train_stage
 from test_training import _config, _PreemptAt, _train_dir
 
 pytestmark = pytest.mark.faults
@@ -53,7 +56,7 @@ def _killed_run(tmp_path, model_dir, uri, work="w1"):
     config = _config(model_dir, checkpoint_uri=uri, checkpoint_steps=3, checkpoint_keep=2)
     train_dir = _train_dir(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        training.train(train_dir, tmp_path / "m1", config, tmp_path / work, callbacks=[_PreemptAt(7)()])
+        recipe.train(train_dir, tmp_path / "m1", config, tmp_path / work, callbacks=[_PreemptAt(7)()])
     assert checkpoints.CheckpointStore(uri).steps() == [6, 3]
     return train_dir, config
 
@@ -64,7 +67,7 @@ def test_other_data_at_the_same_location_starts_fresh_and_says_why(tmp_path, tin
     other = _other_train_dir(tmp_path)
     count = _CountSteps()
     caplog.set_level(logging.INFO)
-    result = training.train(other, tmp_path / "m2", config, tmp_path / "w2", callbacks=[count.callback])
+    result = recipe.train(other, tmp_path / "m2", config, tmp_path / "w2", callbacks=[count.callback])
     assert result.resumed_from_step == 0 and result.steps == 10
     assert count.ran == 10  # every step ran on the new data: nothing was taken from the old run
     assert f"not resuming from {uri}: its 2 checkpoint(s) (newest step 6) were written by another run: other training data" in caplog.text
@@ -78,7 +81,7 @@ def test_another_training_configuration_starts_fresh(tmp_path, tiny_model_dir, c
     uri = str(tmp_path / "store")
     train_dir, config = _killed_run(tmp_path, tiny_model_dir, uri)
     caplog.set_level(logging.WARNING)
-    result = training.train(train_dir, tmp_path / "m2", dataclasses.replace(config, learning_rate=5e-4), tmp_path / "w2")
+    result = recipe.train(train_dir, tmp_path / "m2", dataclasses.replace(config, learning_rate=5e-4), tmp_path / "w2")
     assert result.resumed_from_step == 0
     assert "other training configuration" in caplog.text and "other training data" not in caplog.text
 
@@ -89,7 +92,7 @@ def test_the_same_run_resumes_and_runs_only_the_remaining_steps(tmp_path, tiny_m
     count = _CountSteps()
     # Operational settings may change between attempts without losing the checkpoints.
     retry = dataclasses.replace(config, checkpoint_keep=3, dataloader_workers=0, mini_batch_size=2)
-    result = training.train(train_dir, tmp_path / "m2", retry, tmp_path / "w2", callbacks=[count.callback])
+    result = recipe.train(train_dir, tmp_path / "m2", retry, tmp_path / "w2", callbacks=[count.callback])
     assert result.resumed_from_step == 6 and result.steps == 10 and count.ran == 4
 
 
@@ -99,12 +102,12 @@ def test_a_checkpoint_left_in_a_reused_work_dir_is_not_resumed(tmp_path, tiny_mo
     _, config = _killed_run(tmp_path, tiny_model_dir, uri, work="w1")
     assert (tmp_path / "w1" / "checkpoints" / "checkpoint-6").is_dir()
     count = _CountSteps()
-    result = training.train(_other_train_dir(tmp_path), tmp_path / "m2", config, tmp_path / "w1", callbacks=[count.callback])
+    result = recipe.train(_other_train_dir(tmp_path), tmp_path / "m2", config, tmp_path / "w1", callbacks=[count.callback])
     assert result.resumed_from_step == 0 and count.ran == 10
 
 
 def test_binding_fingerprints():
-    config = training.TrainConfig(base_model="m", matryoshka_dims=(8, 4))
+    config = TrainConfig(base_model="m", matryoshka_dims=(8, 4))
     same = dataclasses.replace(config, checkpoint_keep=7, dataloader_workers=3, packed_attention="on", mini_batch_tokens=512)
     assert checkpoints.config_fingerprint(config) == checkpoints.config_fingerprint(same)
     for change in ({"learning_rate": 1e-3}, {"epochs": 2}, {"batch_size": 64}, {"seed": 1}, {"base_model": "other"},
@@ -167,6 +170,6 @@ def test_the_training_stage_cleans_a_killed_attempt_before_it_starts(tmp_path, t
     left = _run_killed_child(parent)
     monkeypatch.setattr(tempfile, "tempdir", str(parent))
     train_dir = _train_dir(tmp_path)
-    stages.train(train_dir, tmp_path / "model", _config(tiny_model_dir, epochs=1))
+    train_stage.run(dataclasses.replace(LOCAL, train=_config(tiny_model_dir, epochs=1)), train_dir, tmp_path / "model")
     assert not left.exists() and list(parent.iterdir()) == []
-    assert (tmp_path / "model" / training.TRAINING_INFO).exists()
+    assert (tmp_path / "model" / artifacts.TRAINING_INFO).exists()

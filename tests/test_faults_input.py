@@ -13,15 +13,19 @@ from pathlib import Path
 import pytest
 
 from conftest import make_rows, write_jsonl
-from medembed import data
+from medembed import artifacts
 from medembed.config import LOCAL
-from medembed.data import DataError
-from medembed.validation import strip_html
+from medembed.prep import DataError, stage
+from medembed.prep.validation import strip_html
 
 pytestmark = pytest.mark.faults
 
 FIRST_ROW = ["John Smith", "742 Evergreen Terrace, Springfield", "john.smith@example.org", "123-45-6789",
              "What is gout ?", "Gout is a form of arthritis."]
+
+
+def _prepare(config, train_dir, eval_dir):
+    return stage.prepare(config, train_dir, eval_dir, model=LOCAL.train.base_model, max_seq_length=LOCAL.train.max_seq_length)
 
 
 def _config(path, **changes):
@@ -32,7 +36,7 @@ def _config(path, **changes):
 
 def _fails(tmp_path, config, caplog=None) -> str:
     with pytest.raises(DataError) as error:
-        data.prepare(config, tmp_path / "train", tmp_path / "eval")
+        _prepare(config, tmp_path / "train", tmp_path / "eval")
     assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
     return str(error.value)
 
@@ -68,7 +72,7 @@ def test_csv_without_the_question_column_names_the_fix(tmp_path):
     path = _write_csv(tmp_path / "renamed.csv", [["prompt", "answer"]] + [[r["question"], r["answer"]] for r in make_rows()])
     message = _fails(tmp_path, _config(path))
     assert f"{path} row 1 (the header): no column named 'question'" in message and "data.column_map" in message
-    stats = data.prepare(_config(path, column_map=("question=prompt",)), tmp_path / "ok" / "train", tmp_path / "ok" / "eval")
+    stats = _prepare(_config(path, column_map=("question=prompt",)), tmp_path / "ok" / "train", tmp_path / "ok" / "eval")
     assert stats.rows_kept == len(make_rows())
 
 
@@ -76,7 +80,7 @@ def test_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
     path = tmp_path / "excel.csv"
     lines = ["question,answer"] + [f'"{r["question"]}","{r["answer"]}"' for r in make_rows()]
     path.write_bytes("\ufeff".encode() + "\n".join(lines).encode())
-    assert data.prepare(_config(path), tmp_path / "train", tmp_path / "eval").rows_kept == len(make_rows())
+    assert _prepare(_config(path), tmp_path / "train", tmp_path / "eval").rows_kept == len(make_rows())
 
 
 def test_truncated_jsonl_gz_names_the_file_and_the_last_good_row(tmp_path):
@@ -111,13 +115,13 @@ def test_unknown_files_in_a_folder_are_named_in_the_log_and_the_report(tmp_path,
     (folder / "notes.txt").write_text("to do")
     (folder / "more_pairs.xlsx").write_bytes(b"PK\x03\x04")
     caplog.set_level(logging.WARNING)
-    stats = data.prepare(_config(folder), tmp_path / "train", tmp_path / "eval")
+    stats = _prepare(_config(folder), tmp_path / "train", tmp_path / "eval")
     assert stats.rows_kept == len(make_rows())
     assert [Path(p).name for p in stats.validation["skipped_files"]] == ["more_pairs.xlsx", "notes.txt"]
     assert "skipping 2 file(s) of unknown type: more_pairs.xlsx, notes.txt" in caplog.text
-    report = json.loads((tmp_path / "train" / data.VALIDATION_FILE).read_text())
+    report = json.loads((tmp_path / "train" / artifacts.VALIDATION_FILE).read_text())
     assert len(report["skipped_files"]) == 2
-    assert "| input files skipped (unknown type; named in validation_report.json) | 2 |" in (tmp_path / "train" / data.CARD_MARKDOWN_FILE).read_text()
+    assert "| input files skipped (unknown type; named in validation_report.json) | 2 |" in (tmp_path / "train" / artifacts.CARD_MARKDOWN_FILE).read_text()
 
 
 def test_a_folder_of_only_unknown_files_fails_naming_one(tmp_path):
@@ -137,7 +141,7 @@ def test_one_character_questions_and_question_equal_answer_are_bad_rows(tmp_path
                       {"question": "x", "answer": "Another answer."},
                       {"question": "What is gout ?", "answer": "what is gout?"})
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    stats = data.prepare(_config(path, max_bad_row_fraction=0.1), tmp_path / "train", tmp_path / "eval")
+    stats = _prepare(_config(path, max_bad_row_fraction=0.1), tmp_path / "train", tmp_path / "eval")
     assert stats.validation["issues_by_reason"] == {"too short": 2, "question equals the answer": 1}
     issues = {(i["row"], i["field"]) for i in stats.validation["issues"]}
     n = len(make_rows())
@@ -170,9 +174,9 @@ def test_entity_encoded_markup_never_becomes_live_markup(raw):
 def test_escaped_script_in_input_is_not_live_in_the_evaluation_corpus(tmp_path):
     rows = [dict(r, answer=r["answer"] + " Example: &lt;script&gt;alert(1)&lt;/script&gt; 5 &lt; 7 &amp; done.") for r in make_rows()]
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    data.prepare(_config(path), tmp_path / "train", tmp_path / "eval")
-    corpus = (tmp_path / "eval" / data.CORPUS_FILE).read_text()
-    train = (tmp_path / "train" / data.TRAIN_FILE).read_text()
+    _prepare(_config(path), tmp_path / "train", tmp_path / "eval")
+    corpus = (tmp_path / "eval" / artifacts.CORPUS_FILE).read_text()
+    train = (tmp_path / "train" / artifacts.TRAIN_FILE).read_text()
     for text in (corpus, train):
         assert "<script" not in text and "</script" not in text
     assert "alert(1) 5 < 7 & done." in corpus  # ordinary entities are still decoded

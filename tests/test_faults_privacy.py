@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_rows, write_jsonl
-from medembed import data, privacy
+from medembed import artifacts
 from medembed.config import LOCAL
+from medembed.prep import DataError, privacy, stage
 
 pytestmark = pytest.mark.faults
 
@@ -91,6 +92,10 @@ def test_the_issues_98_kb_answer_is_fast():
     assert time.perf_counter() - start < 2
 
 
+def _prepare(config, train_dir, eval_dir):
+    return stage.prepare(config, train_dir, eval_dir, model=LOCAL.train.base_model, max_seq_length=LOCAL.train.max_seq_length)
+
+
 def _config(path, **changes):
     base = dataclasses.replace(LOCAL.data, data_uri=str(path), max_train_pairs=0, min_train_pairs=4, num_negatives=0,
                                eval_distractors=5, max_bad_row_fraction=0.2)
@@ -107,8 +112,8 @@ def _rows_with_escaped_pii() -> list[dict]:
 def test_fail_mode_stops_on_the_escaped_rows_naming_row_field_kind_only(tmp_path, caplog):
     path = write_jsonl(tmp_path / "notes.jsonl", _rows_with_escaped_pii())
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(data.DataError, match="personal data") as error:
-        data.prepare(_config(path, pii_action="fail"), tmp_path / "train", tmp_path / "eval")
+    with pytest.raises(DataError, match="personal data") as error:
+        _prepare(_config(path, pii_action="fail"), tmp_path / "train", tmp_path / "eval")
     message = str(error.value)
     for kind in ("person_name", "record_number", "ssn", "address"):
         assert kind in message
@@ -121,10 +126,10 @@ def test_fail_mode_stops_on_the_escaped_rows_naming_row_field_kind_only(tmp_path
 def test_redact_mode_keeps_values_out_of_every_output_and_log(tmp_path, caplog):
     path = write_jsonl(tmp_path / "notes.jsonl", _rows_with_escaped_pii())
     caplog.set_level(logging.DEBUG)
-    stats = data.prepare(_config(path), tmp_path / "train", tmp_path / "eval")
+    stats = _prepare(_config(path), tmp_path / "train", tmp_path / "eval")
     assert stats.pii_found["person_name"] >= 3 and stats.pii_found["record_number"] >= 4
     outputs = "".join(p.read_text() for d in ("train", "eval") for p in (tmp_path / d).iterdir())
     outputs += json.dumps(dataclasses.asdict(stats))
     for _, _, value in ESCAPED:
         assert value not in outputs and value not in caplog.text
-    assert "None found" not in (tmp_path / "train" / data.CARD_MARKDOWN_FILE).read_text()
+    assert "None found" not in (tmp_path / "train" / artifacts.CARD_MARKDOWN_FILE).read_text()

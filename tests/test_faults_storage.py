@@ -13,11 +13,16 @@ import time
 import pytest
 
 from conftest import make_rows, write_jsonl
-from medembed import data, storage
+from medembed import storage
 from medembed.config import LOCAL
+from medembed.prep import DataError, stage
 from medembed.storage import StorageError, open_store
 
 pytestmark = pytest.mark.faults
+
+
+def _prepare(config, train_dir, eval_dir):
+    return stage.prepare(config, train_dir, eval_dir, model=LOCAL.train.base_model, max_seq_length=LOCAL.train.max_seq_length)
 
 
 class BlackHole:
@@ -128,8 +133,8 @@ def test_a_silent_endpoint_ends_in_one_clear_error_within_the_timeout(s3_env, bl
 def test_prep_on_a_silent_endpoint_fails_with_the_input_named(s3_env, black_hole, tmp_path):
     s3_env.setenv("MINIO_ENDPOINT", f"http://127.0.0.1:{black_hole.port}")
     config = dataclasses.replace(LOCAL.data, data_uri="s3://medembed-data/pairs.jsonl", num_negatives=0)
-    with pytest.raises(data.DataError) as error:
-        data.prepare(config, tmp_path / "train", tmp_path / "eval")
+    with pytest.raises(DataError) as error:
+        _prepare(config, tmp_path / "train", tmp_path / "eval")
     message = str(error.value)
     assert message.startswith("data input s3://medembed-data/pairs.jsonl: cannot look up s3://medembed-data/pairs.jsonl")
     assert "sent no answer within 0.5 s" in message and not (tmp_path / "train").exists()
@@ -173,8 +178,8 @@ def test_a_missing_bucket_is_named_with_its_endpoint(s3_endpoint, tmp_path):
         f"cannot read s3://no-such-bucket/reg/aliases/champion.json at {endpoint}: bucket 'no-such-bucket' does not exist "
         "there; create it (e.g. `mc mb ALIAS/no-such-bucket`, or the manifests' bucket job) or fix the bucket in the URI")
     config = dataclasses.replace(LOCAL.data, data_uri="s3://no-such-bucket/pairs.jsonl", num_negatives=0)
-    with pytest.raises(data.DataError, match=r"^data input s3://no-such-bucket/pairs.jsonl: .*bucket 'no-such-bucket' does not exist"):
-        data.prepare(config, tmp_path / "train", tmp_path / "eval")
+    with pytest.raises(DataError, match=r"^data input s3://no-such-bucket/pairs.jsonl: .*bucket 'no-such-bucket' does not exist"):
+        _prepare(config, tmp_path / "train", tmp_path / "eval")
 
 
 def test_an_invalid_bucket_name_is_explained(s3_endpoint):

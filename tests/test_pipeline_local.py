@@ -5,10 +5,10 @@ import json
 import pytest
 
 from conftest import make_rows, write_jsonl
-from medembed import stages
-from medembed.cli import run_local
 from medembed.config import load_config
-from medembed.data import DataError
+from medembed.local_run import run_local
+from medembed.prep import DataError
+from medembed.prep import stage as prep_stage
 
 
 def tiny_config(tmp_path, model_dir, data_uri):
@@ -74,8 +74,8 @@ def test_bad_input_fails_in_prep_and_registers_nothing(tmp_path, tiny_model_dir)
 
 
 def _prep(tmp_path, path, **overrides):
-    config = load_config("local", {"data.data_uri": str(path), "data.min_train_pairs": 4, **overrides}).data
-    return stages.prep(config, tmp_path / "train", tmp_path / "eval")
+    config = load_config("local", {"data.data_uri": str(path), "data.min_train_pairs": 4, **overrides})
+    return prep_stage.run(config, tmp_path / "train", tmp_path / "eval")
 
 
 @pytest.mark.parametrize(
@@ -101,6 +101,16 @@ def test_missing_file_is_named(tmp_path):
         _prep(tmp_path, tmp_path / "nowhere.jsonl")
 
 
+def test_prep_refuses_dims_beyond_the_model_before_reading_any_data(tmp_path, tiny_model_dir):
+    from medembed.config import ConfigError
+
+    config = load_config("local", {"train.base_model": str(tiny_model_dir), "train.matryoshka_dims": "128,64",
+                                   "data.data_uri": str(tmp_path / "not-read.jsonl")})
+    with pytest.raises(ConfigError, match=r"train.matryoshka_dims=\[128, 64\]: .* embeds in 64 dims"):
+        prep_stage.run(config, tmp_path / "train", tmp_path / "eval")
+    assert not (tmp_path / "train").exists()
+
+
 def test_split_keeps_every_group_on_one_side(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", make_rows())
     stats = _prep(tmp_path, path, **{"data.test_fraction": 0.25, "data.dev_fraction": 0.1})
@@ -109,3 +119,37 @@ def test_split_keeps_every_group_on_one_side(tmp_path):
     eval_queries = {json.loads(l)["text"] for l in (tmp_path / "eval/queries.jsonl").read_text().splitlines()}
     topic = lambda q: q.rstrip(" ?").split()[-1]
     assert not {topic(q) for q in train_queries} & {topic(q) for q in eval_queries}
+
+
+def test_any_field_can_be_set_per_run_and_reaches_the_stage_unchanged(tmp_path, tiny_model_dir):
+    """The compiled pipeline's run form: a named parameter (loss) and `overrides` for fields without
+    one (train.lora_r, eval.precisions, data.column_map), seen by the stages' own code."""
+    import yaml
+    from kfp import compiler
+
+    import kfp.local
+    from medembed.local_run import absolute_local_paths
+    from pipelines.medical_embedding import build_pipeline
+
+    rows = [{"prompt": r["question"], **{k: v for k, v in r.items() if k != "question"}} for r in make_rows()]
+    data = write_jsonl(tmp_path / "renamed.jsonl", rows)  # no "question" column: only data.column_map saves prep
+    config = absolute_local_paths(tiny_config(tmp_path, tiny_model_dir, data))
+    pipeline = build_pipeline(config, for_cluster=False)
+
+    compiler.Compiler().compile(pipeline, str(tmp_path / "pipeline.yaml"))
+    form = next(yaml.safe_load_all((tmp_path / "pipeline.yaml").read_text()))["root"]["inputDefinitions"]["parameters"]
+    assert {"loss", "epochs", "data_uri", "base_model", "matryoshka_dims", "overrides"} <= set(form)
+
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "runs"))
+    overrides = {"train.lora_r": 4, "eval.precisions": ["float32", "int8"], "data.column_map": ["question=prompt"]}
+    pipeline(loss="cached_mnrl", overrides=overrides)
+
+    run = next((tmp_path / "runs").glob("medical-embedding-finetune-*"))
+    info = json.loads((run / "train-model" / "model" / "training_info.json").read_text())
+    assert (info["loss"], info["lora_r"]) == ("cached_mnrl", 4)
+    results = json.loads((run / "evaluate-models" / "results" / "results.json").read_text())
+    assert results["precisions"] == ["float32", "int8"] and results["settings"]["precisions"] == ["float32", "int8"]
+    stats = json.loads((run / "prep-data" / "train_data" / "prep_stats.json").read_text())
+    assert stats["rows_read"] == len(rows) and stats["train_pairs"] > 0
+    resolved = (run / "resolve-config" / "resolved_config").read_text()
+    assert "| train.lora_r | **`4`** |" in resolved and "| train.loss | **`\"cached_mnrl\"`** |" in resolved

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from medembed.registry import CHAMPION, ModelRegistry, decide_promotion
+from medembed.register.registry import CHAMPION, ModelRegistry, decide_promotion
 from medembed.storage import LocalStore, StorageError, open_store
 
 
@@ -115,7 +115,7 @@ def test_s3_registry_against_live_endpoint(s3_endpoint, tmp_path):
 
 
 def test_model_card_attributes_medquad_only_when_trained_on_it():
-    from medembed.model_card import MEDQUAD_ATTRIBUTION, data_licence
+    from medembed.register.model_card import MEDQUAD_ATTRIBUTION, data_licence
 
     assert data_licence("bundled:medquad-sample") == MEDQUAD_ATTRIBUTION
     assert data_licence("s3://medembed-data/medquad/medquad.jsonl.gz") == MEDQUAD_ATTRIBUTION

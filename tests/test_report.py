@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medembed import evaluation as ev
-from medembed import report
+from medembed import artifacts
+from medembed.evaluate import evaluator, metrics, report, search, tables
 from medembed.config import EvalConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,13 +33,13 @@ def synthetic_results(seed: int = 0, n_queries: int = 120, with_collection: bool
             for precision, loss in quality.items():
                 level = 0.55 + gain - loss - 0.1 * np.log2(384 / dim) / 3
                 per_query[label][str(dim)][precision] = {
-                    m: np.clip(level + rng.normal(0, 0.2, n_queries), 0, 1) for m in ev.ALL_METRICS}
+                    m: np.clip(level + rng.normal(0, 0.2, n_queries), 0, 1) for m in metrics.ALL_METRICS}
                 latency[label][str(dim)][precision] = 0.01 * dim / 64
     languages = ["en"] * (n_queries - 30) + ["fr"] * 30
     config = EvalConfig(bootstrap_samples=200)
     results = {"dims": DIMS, "base_model": "bundled:all-MiniLM-L6-v2", "n_queries": n_queries, "n_corpus": 800,
                "eval_fingerprint": "f" * 64,
-               **ev.summarize(per_query, latency, DIMS, ev.PRECISIONS, 800, config, languages),
+               **evaluator.summarize(per_query, latency, DIMS, search.PRECISIONS, 800, config, languages),
                "settings": {"bootstrap_samples": 200, "bootstrap_seed": 13, "index_passages": 10_000_000}}
     if with_collection:
         results["collections"] = {"extra-beir": synthetic_results(seed + 1, 60, with_collection=False)}
@@ -73,7 +73,7 @@ def test_markdown_summary_has_the_recommendation_and_the_tables(results):
     assert "**Recommendation:** Index the fine-tuned model at dim" in text
     grid_rows = [line for line in text.splitlines() if line.startswith("| 384 ")]
     # One grid row per precision, in the main collection and in the extra one.
-    assert len(grid_rows) == 2 * len(ev.PRECISIONS)
+    assert len(grid_rows) == 2 * len(search.PRECISIONS)
     assert sum(" ★ |" in line for line in text.splitlines() if line.startswith("| ")) == 2
     assert "| ndcg@10 | 384 |" in text
     assert "| fr | 30 |" in text
@@ -123,7 +123,7 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
 
 def test_local_run_leaves_the_report_in_the_run_folder(tmp_path, tiny_model_dir, pairs_file):
     """`make run` path: kfp.local runs the evaluate component, run_local copies its report out."""
-    from medembed.cli import run_local
+    from medembed.local_run import run_local
     from medembed.config import load_config
 
     config = load_config("local", {
@@ -154,33 +154,33 @@ def test_evaluate_component_through_kfp_local(tmp_path, tiny_model_dir):
     import kfp.local
     from kfp import dsl
 
-    from components.evaluate import evaluate_models
+    from components import for_image
     from conftest import make_rows
+    from medembed.artifacts import TrainingInfo
+    from medembed.config import load_config
     from test_evaluation import write_ir_set
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    (model / "training_info.json").write_text(json.dumps({
-        "base_model": str(tiny_model_dir), "matryoshka_dims": [64, 32, 16], "query_prompt": "", "passage_prompt": ""}))
+    TrainingInfo(model_dir=str(model), base_model=str(tiny_model_dir), matryoshka_dims=[64, 32, 16], query_prompt="",
+                 passage_prompt="", train_pairs=0, steps=0, epochs=1, train_loss=0.0, train_seconds=0.0, device="cpu",
+                 bf16=False).write(model)
     eval_dir = write_ir_set(tmp_path / "eval", make_rows())
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    defaults = EvalConfig(bootstrap_samples=100)
+    config = load_config("local", {"eval.bootstrap_samples": 100, "eval.batch_size": 8, "eval.query_chunk_size": 16})
+    evaluate_models = for_image(config.cluster.image).evaluate_models
 
     @dsl.pipeline
     def evaluate_only():
         eval_data = dsl.importer(artifact_uri=str(eval_dir), artifact_class=dsl.Dataset)
         model_in = dsl.importer(artifact_uri=str(model), artifact_class=dsl.Model)
-        evaluate_models(eval_data=eval_data.output, model=model_in.output, batch_size=8, query_chunk_size=16,
-                        precisions=list(defaults.precisions), rescore_multiplier=defaults.rescore_multiplier,
-                        tolerance=defaults.tolerance, bootstrap_samples=defaults.bootstrap_samples,
-                        bootstrap_seed=defaults.bootstrap_seed, confidence=defaults.confidence,
-                        index_passages=defaults.index_passages, extra_collections=[])
+        evaluate_models(config=config.to_dict(), eval_data=eval_data.output, model=model_in.output)
 
     evaluate_only()
     task = next((tmp_path / "root").glob("*/evaluate-models"))
     assert (task / "report_html").read_text().count("data:image/png;base64,") == 3
-    assert (task / "report").read_text() == (task / "results" / report.MARKDOWN_FILE).read_text()
+    assert (task / "report").read_text() == (task / "results" / artifacts.REPORT_MARKDOWN_FILE).read_text()
     logged = json.loads((task / "executor_output.json").read_text())["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     results = json.loads((task / "results" / "results.json").read_text())
-    assert logged == pytest.approx(ev.kfp_metrics(results))
+    assert logged == pytest.approx(tables.kfp_metrics(results))
     assert {"ndcg_at_10.dim_16.binary", "ndcg_at_10.dim_16.binary.base", "recommended.dim"} <= set(logged)

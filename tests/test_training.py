@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_rows, write_jsonl
-from medembed import checkpoints, curves, training
-from medembed.config import TrainConfig
+from medembed import artifacts
+from medembed.train import checkpoints, curves, losses, recipe
+from medembed.config import ConfigError, TrainConfig
 
 
 def _train_dir(tmp_path: Path) -> Path:
@@ -35,8 +36,8 @@ def test_cached_loss_with_sorted_batches_trains_and_exports(tmp_path, tiny_model
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "model"
-    result = training.train(_train_dir(tmp_path), out, _config(tiny_model_dir, loss="cached_mnrl"), tmp_path / "work")
-    info = json.loads((out / training.TRAINING_INFO).read_text())
+    result = recipe.train(_train_dir(tmp_path), out, _config(tiny_model_dir, loss="cached_mnrl"), tmp_path / "work")
+    info = json.loads((out / artifacts.TRAINING_INFO).read_text())
     assert info["steps"] == result.steps == 10  # 40 pairs / 8 per batch x 2 epochs
     assert info["loss"] == "cached_mnrl" and info["bf16"] is False
     assert SentenceTransformer(str(out), device="cpu").encode(["fever"]).shape == (1, 64)
@@ -44,7 +45,7 @@ def test_cached_loss_with_sorted_batches_trains_and_exports(tmp_path, tiny_model
 
 def test_length_sorted_collator_keeps_pairs_together():
     seen = []
-    collator = training.LengthSortedCollator(lambda rows: seen.extend(rows) or "batch")
+    collator = losses.LengthSortedCollator(lambda rows: seen.extend(rows) or "batch")
     rows = [{"anchor": "q1", "positive": "a"}, {"anchor": "q2", "positive": "aaa"}, {"anchor": "q3", "positive": "aa"}]
     assert collator(rows) == "batch"
     assert [r["anchor"] for r in seen] == ["q2", "q3", "q1"]
@@ -62,23 +63,25 @@ def test_cached_loss_equals_plain_loss(tiny_model_dir):
     labels = torch.zeros(len(rows))
     values = {}
     for name, tokens in (("mnrl", 0), ("cached_mnrl", 0), ("cached_mnrl", 40)):
-        loss = training.build_loss(model, TrainConfig(loss=name, mini_batch_size=5, mini_batch_tokens=tokens), [64, 32])
+        loss = losses.build_loss(model, TrainConfig(loss=name, mini_batch_size=5, mini_batch_tokens=tokens, matryoshka_dims=(64, 32)))
         values[name, tokens] = float(loss(features, labels))
     assert values["mnrl", 0] == pytest.approx(values["cached_mnrl", 0], rel=1e-4)
     assert values["mnrl", 0] == pytest.approx(values["cached_mnrl", 40], rel=1e-4)  # mini-batches by tokens
 
 
 def test_invalid_options_are_rejected(tiny_model_dir):
-    with pytest.raises(ValueError, match="loss must be one of"):
-        training.validate(TrainConfig(loss="triplet", matryoshka_dims=(64,)), 64)
-    with pytest.raises(ValueError, match="eval_dims"):
-        training.validate(TrainConfig(matryoshka_dims=(64, 32), eval_dims=(16,)), 64)
+    with pytest.raises(ConfigError, match="choose one of mnrl"):
+        TrainConfig(loss="triplet", matryoshka_dims=(64,))
+    with pytest.raises(ConfigError, match="eval_dims"):
+        TrainConfig(matryoshka_dims=(64, 32), eval_dims=(16,))
+    with pytest.raises(ValueError, match="exceeds the embedding size 64"):
+        recipe.check_dims(TrainConfig(matryoshka_dims=(128, 64)), 64)
 
 
 def test_evaluation_during_training_keeps_best_and_writes_curves(tmp_path, tiny_model_dir):
     out, curves_dir = tmp_path / "model", tmp_path / "curves"
     config = _config(tiny_model_dir, eval_steps=2, eval_dims=(64, 32), best_metric="dim32_ndcg@10")
-    result = training.train(_train_dir(tmp_path), out, config, tmp_path / "work", curves_dir=curves_dir)
+    result = recipe.train(_train_dir(tmp_path), out, config, tmp_path / "work", curves_dir=curves_dir)
     data = json.loads((curves_dir / curves.CURVES_JSON).read_text())
     assert set(data["eval"]) == {"dim64_ndcg@10", "dim32_ndcg@10", "mean_ndcg@10"}
     assert [step for step, _ in data["eval"]["dim32_ndcg@10"]] == [2, 4, 6, 8, 10]
@@ -140,15 +143,15 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, tiny_model_dir, 
     config = _config(tiny_model_dir, checkpoint_uri=uri, checkpoint_steps=3, checkpoint_keep=2)
 
     with pytest.raises(KeyboardInterrupt):
-        training.train(train_dir, tmp_path / "m1", config, tmp_path / "w1", callbacks=[_PreemptAt(7)()])
+        recipe.train(train_dir, tmp_path / "m1", config, tmp_path / "w1", callbacks=[_PreemptAt(7)()])
     assert checkpoints.CheckpointStore(uri).steps() == [6, 3]
-    assert not (tmp_path / "m1" / training.TRAINING_INFO).exists()
+    assert not (tmp_path / "m1" / artifacts.TRAINING_INFO).exists()
 
     # The retry runs in a fresh pod: new work dir, nothing local survives.
-    resumed = training.train(train_dir, tmp_path / "m2", config, tmp_path / "w2")
+    resumed = recipe.train(train_dir, tmp_path / "m2", config, tmp_path / "w2")
     assert resumed.resumed_from_step == 6
     assert resumed.steps == 10
-    assert json.loads((tmp_path / "m2" / training.TRAINING_INFO).read_text())["steps"] == 10
+    assert json.loads((tmp_path / "m2" / artifacts.TRAINING_INFO).read_text())["steps"] == 10
     # The trainer also saves at the last step; older checkpoints are pruned to checkpoint_keep.
     assert checkpoints.CheckpointStore(uri).steps() == [10, 9]
 
@@ -158,20 +161,20 @@ def test_corrupt_or_partial_checkpoints_are_skipped(tmp_path, tiny_model_dir):
     train_dir = _train_dir(tmp_path)
     config = _config(tiny_model_dir, checkpoint_uri=str(uri), checkpoint_steps=2, checkpoint_keep=5)
     with pytest.raises(KeyboardInterrupt):
-        training.train(train_dir, tmp_path / "m1", config, tmp_path / "w1", callbacks=[_PreemptAt(7)()])
+        recipe.train(train_dir, tmp_path / "m1", config, tmp_path / "w1", callbacks=[_PreemptAt(7)()])
     assert checkpoints.CheckpointStore(str(uri)).steps() == [6, 4, 2]
     # Step 6: a file truncated after its marker was written; step 4 never got its marker (partial upload).
     weights = next((uri / checkpoints.checkpoint_name(6)).rglob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:100])
     (uri / checkpoints.checkpoint_name(4) / checkpoints.MARKER).unlink()
 
-    resumed = training.train(train_dir, tmp_path / "m2", config, tmp_path / "w2")
+    resumed = recipe.train(train_dir, tmp_path / "m2", config, tmp_path / "w2")
     assert resumed.resumed_from_step == 2
     assert resumed.steps == 10
 
 
 def test_hard_negative_columns_get_the_passage_prompt():
-    from medembed.training import column_prompts
+    from medembed.train.losses import column_prompts
 
     prompts = column_prompts(["anchor", "positive", "negative_1", "negative_2"], "query: ", "passage: ")
     assert prompts == {"anchor": "query: ", "positive": "passage: ", "negative_1": "passage: ", "negative_2": "passage: "}
@@ -197,7 +200,7 @@ def test_packed_training_matches_padded_and_exports_a_plain_model(tmp_path, tiny
         out = tmp_path / f"model-{mode}"
         config = _config(no_dropout, loss="cached_mnrl", packed_attention=mode, eval_steps=5)
         (tmp_path / mode).mkdir()
-        results[mode] = training.train(_train_dir(tmp_path / mode), out, config, tmp_path / f"work-{mode}")
+        results[mode] = recipe.train(_train_dir(tmp_path / mode), out, config, tmp_path / f"work-{mode}")
         weights[mode] = SentenceTransformer(str(out), device="cpu").state_dict()
         assert "medembed" not in (out / "config.json").read_text()
     assert results["on"].packed_attention is True and results["off"].packed_attention is False

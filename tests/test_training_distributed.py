@@ -9,8 +9,9 @@ import socket
 import pytest
 
 from conftest import make_rows, write_jsonl
-from medembed import training
-from medembed.config import TrainConfig
+from medembed import artifacts
+from medembed.train import losses, stage
+from medembed.config import TrainConfig, load_config
 
 WORLD = 2
 PER_RANK = 4
@@ -33,7 +34,7 @@ def _rank_loss(rank: int, port: int, model_dir: str, gather: bool, results) -> N
         model.eval()
         rows = make_rows()[rank * PER_RANK : (rank + 1) * PER_RANK]
         features = [model.tokenize([r["question"] for r in rows]), model.tokenize([r["answer"] for r in rows])]
-        loss = training.build_loss(model, TrainConfig(loss="mnrl", gather_across_devices=gather), [64])
+        loss = losses.build_loss(model, TrainConfig(loss="mnrl", gather_across_devices=gather, matryoshka_dims=(64,)))
         results[(rank, gather)] = float(loss(features, torch.zeros(PER_RANK)).detach())
     finally:
         dist.destroy_process_group()
@@ -80,7 +81,7 @@ def test_two_processes_gather_in_batch_negatives(tiny_model_dir):
 
 
 def test_train_launches_one_process_per_device(tmp_path, tiny_model_dir):
-    """num_processes=2 on CPU: training.train starts torchrun with 2 gloo ranks; rank 0 saves the model."""
+    """num_processes=2 on CPU: the training stage starts torchrun with 2 gloo ranks; rank 0 saves the model."""
     rows = make_rows()
     train_dir = tmp_path / "train"
     train_dir.mkdir()
@@ -90,8 +91,8 @@ def test_train_launches_one_process_per_device(tmp_path, tiny_model_dir):
         warmup_steps=0, eval_steps=0, max_seq_length=32, query_prompt="", passage_prompt="", num_processes=2,
         loss="cached_mnrl", mini_batch_size=2,
     )
-    result = training.train(train_dir, tmp_path / "model", config, tmp_path / "work")
-    info = json.loads((tmp_path / "model" / training.TRAINING_INFO).read_text())
+    result = stage.run(dataclasses.replace(load_config("local"), train=config), train_dir, tmp_path / "model")
+    info = json.loads((tmp_path / "model" / artifacts.TRAINING_INFO).read_text())
     assert result.num_processes == info["num_processes"] == 2
     assert info["batch_size"] == 8  # 4 per process x 2 processes in one step
     assert info["steps"] == 4  # 32 pairs / 8 per step

@@ -17,11 +17,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .storage import Store, StorageError, read_json, write_json
+from ..config import MODEL_NAME_PATTERN
+from ..storage import Store, StorageError, read_json, write_json
+from .gate import GateDecision, decide_promotion
 
 log = logging.getLogger(__name__)
 
@@ -29,37 +31,6 @@ MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 CHAMPION = "champion"
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
-GATE_METRIC = "ndcg@10"
-
-
-@dataclass
-class GateDecision:
-    promote: bool
-    reasons: list[str] = field(default_factory=list)
-
-
-def decide_promotion(
-    results: dict, champion_results: dict | None = None, min_gain: float = 0.0, metric: str = GATE_METRIC
-) -> GateDecision:
-    """Promote only if the fine-tuned model beats the base at every dim by more than `min_gain`,
-    and is no worse than the current champion at every dim when both were scored on the same data."""
-    reasons: list[str] = []
-    for dim in results["dims"]:
-        key = str(dim)
-        tuned, base = results["finetuned"][key][metric], results["base"][key][metric]
-        if not tuned > base + min_gain:
-            reasons.append(f"dim {dim}: {metric} {tuned:.4f} does not beat base {base:.4f} by > {min_gain}")
-    if champion_results is not None:
-        if champion_results.get("eval_fingerprint") != results.get("eval_fingerprint"):
-            log.info("champion was scored on other evaluation data; comparing against the base model only")
-        else:
-            for dim in results["dims"]:
-                key = str(dim)
-                champ = champion_results.get("finetuned", {}).get(key, {}).get(metric)
-                tuned = results["finetuned"][key][metric]
-                if champ is not None and tuned < champ:
-                    reasons.append(f"dim {dim}: {metric} {tuned:.4f} is below the champion's {champ:.4f}")
-    return GateDecision(promote=not reasons, reasons=reasons)
 
 
 @dataclass
@@ -73,7 +44,7 @@ class Registration:
 
 class ModelRegistry:
     def __init__(self, store: Store, model_name: str):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model_name):
+        if not re.fullmatch(MODEL_NAME_PATTERN, model_name):
             raise ValueError(f"model name {model_name!r} must be letters, digits, '.', '_' or '-'")
         self.store = store
         self.model_name = model_name

@@ -1,8 +1,8 @@
 """Hard-negative mining with the base model, guarded against false negatives.
 
 Equivalent to sentence-transformers' `mine_hard_negatives` with an absolute margin and a score
-ceiling, plus what it lacks: a false-negative guard. Every pair carries guard keys (data.py: its
-near-duplicate query and answer clusters, and its topic + question type, or its whole connected
+ceiling, plus what it lacks: a false-negative guard. Every pair carries guard keys (its
+near-duplicate query and answer clusters (prep.split), and its topic + question type, or its whole connected
 group where those are unknown); a candidate passage whose pairs share any key with the pair is never
 taken, however it scores, since in templated medical data those are the likeliest unlabelled
 positives. Same-topic answers to *other* question types stay eligible: the hardest true negatives.
@@ -10,11 +10,14 @@ positives. Same-topic answers to *other* question types stay eligible: the harde
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from dataclasses import dataclass
 from collections import defaultdict
 from typing import Callable, Collection, Hashable
+
+from ..config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +126,45 @@ def _random_fill(corpus: list[str], passage_keys: list[set], keys: frozenset, co
         pool = pool or unguarded or [""]
         return [pool[i % len(pool)] for i in range(count)]
     return rng.sample(pool, count)
+
+
+# ---------------------------------------------------------------- prep's use of it
+
+
+def negative_guard_keys(pair: dict, group: int, fields: tuple[str, ...]) -> set[tuple]:
+    """What makes another pair's answer a possible positive for this pair."""
+    keys: set[tuple] = {("query", pair["query_cluster"]), ("passage", pair["passage_cluster"])}
+    values = [pair.get("guard", {}).get(name) for name in fields]
+    if fields and all(values):
+        # One key per value combination: multi-valued fields match on any shared value.
+        keys.update(("fields", *combination) for combination in itertools.product(*values))
+    else:
+        keys.add(("group", group))
+    return keys
+
+
+def model_embedder(model_ref: str, max_seq_length: int, batch_size: int) -> Callable[[list[str], str], "object"]:
+    """`embed(texts, kind)` with the training base model (its prompts, on the best device)."""
+    from ..encoding import encode
+    from ..models import configure_torch, load_model
+
+    model = load_model(model_ref, max_seq_length=max_seq_length, device=configure_torch())
+
+    def embed(texts: list[str], kind: str):
+        return encode(model, texts, kind, batch_size, show_progress_bar=True)
+
+    return embed
+
+
+def mine_for_pairs(embed, train: list[dict], group_ids: list[int], config: DataConfig) -> tuple[list[list[str]], MiningStats]:
+    """Negatives for prep's training pairs (`group_ids[i]` is pair i's connected group)."""
+    return mine(
+        embed,
+        [p["query"] for p in train],
+        [p["passage"] for p in train],
+        [negative_guard_keys(p, group, tuple(config.negative_guard_fields)) for p, group in zip(train, group_ids)],
+        config.num_negatives,
+        config.negative_margin,
+        config.negative_max_score,
+        config.seed,
+    )

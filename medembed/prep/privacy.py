@@ -33,7 +33,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-PII_ACTIONS = ("redact", "fail", "off")
+from ..config import PII_ACTIONS  # noqa: F401  (the accepted data.pii_action values)
+
 KINDS = ("person_name", "record_number", "ssn", "date_of_birth", "address", "email", "phone")
 
 # Letters with Latin-1 and Latin Extended-A accents (Müller, Łukasz); Python's re has no \p{Lu}.

@@ -12,7 +12,6 @@ import re
 from collections import defaultdict
 
 import numpy as np
-import xxhash
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,6 @@ class UnionFind:
 
 def exact_key(text: str) -> str:
     return " ".join(_WORD.findall(text.casefold()))
-
-
-def shingles(text: str, width: int, max_words: int) -> list[bytes]:
-    words = _WORD.findall(text.casefold())[:max_words]
-    if len(words) <= width:
-        return [" ".join(words).encode()]
-    return [" ".join(words[i : i + width]).encode() for i in range(len(words) - width + 1)]
 
 
 def _mix64(values: np.ndarray) -> np.ndarray:

@@ -12,11 +12,12 @@ import html
 import io
 from pathlib import Path
 
-from .config import EvalConfig
-from .evaluation import FLOAT32, GATE_METRIC, MODELS
+from ..artifacts import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE
+from ..config import EvalConfig
+from .metrics import GATE_METRIC
+from .search import FLOAT32
+from .tables import MODELS
 
-HTML_FILE = "report.html"
-MARKDOWN_FILE = "report.md"
 PRECISION_LABELS = {"float32": "float32", "int8": "int8", "binary": "binary (Hamming)",
                     "binary_rescore": "binary + float rescoring"}
 SHORT_PRECISION_LABELS = {"binary": "binary", "binary_rescore": "binary+rescore"}
@@ -317,7 +318,7 @@ def render_html(results: dict) -> str:
 def write_reports(results: dict, folder: Path) -> tuple[Path, Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    html_path, markdown_path = folder / HTML_FILE, folder / MARKDOWN_FILE
+    html_path, markdown_path = folder / REPORT_HTML_FILE, folder / REPORT_MARKDOWN_FILE
     html_path.write_text(render_html(results), encoding="utf-8")
     markdown_path.write_text(render_markdown(results), encoding="utf-8")
     return html_path, markdown_path

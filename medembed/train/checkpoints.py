@@ -25,7 +25,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .storage import Store, StorageError, open_store
+from ..storage import Store, StorageError, open_store
 
 log = logging.getLogger(__name__)
 

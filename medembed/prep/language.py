@@ -94,3 +94,10 @@ def detect_languages_reference(texts: list[str]) -> list[str]:
     from py3langid import classify
 
     return [classify(t)[0] if t.strip() else UNDETERMINED for t in texts]
+
+
+def tag_languages(pairs: list[dict], passage_chars: int) -> None:
+    """Set pair["language"] from the query plus the start of its passage (short queries are ambiguous)."""
+    texts = [f"{p['query']} {p['passage'][:passage_chars]}" for p in pairs]
+    for pair, code in zip(pairs, detect_languages(texts)):
+        pair["language"] = code

@@ -2,7 +2,7 @@
 
 LoRA trains small rank-`lora_r` adapters on the attention projections and freezes the rest: far less
 optimizer memory on large models. QLoRA (`quantize_4bit`) also stores the frozen base in 4-bit via
-bitsandbytes, which needs CUDA. Version notes (GUIDE §4): peft 0.21.2 works with transformers 5.23.0.
+bitsandbytes, which needs CUDA. Version notes (docs/STACK-NOTES.md §5): peft 0.21.2 works with transformers 5.23.0.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import TrainConfig
+from ..config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,6 @@ class LoraUnavailable(RuntimeError):
 
 def check_available(config: TrainConfig, device: str) -> None:
     """Fail before any work when the option cannot run, saying what is missing."""
-    if config.quantize_4bit and config.lora_r <= 0:
-        raise LoraUnavailable("quantize_4bit (QLoRA) trains adapters only: set lora_r > 0")
     if config.lora_r <= 0:
         return
     try:
@@ -67,7 +65,7 @@ def _reload_4bit(inner):
     import torch
     from transformers import AutoModel, BitsAndBytesConfig
 
-    # A freshly loaded 4-bit model: one that has already run a forward pass loses its backward (GUIDE §4).
+    # A freshly loaded 4-bit model: one that has already run a forward pass loses its backward (docs/STACK-NOTES.md §5).
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     return AutoModel.from_pretrained(inner.config._name_or_path, quantization_config=quant, device_map={"": inner.device})
 

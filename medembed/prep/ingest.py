@@ -3,7 +3,7 @@
 Inputs: JSONL(.gz), CSV/TSV(.gz), Parquet, a saved Hugging Face `datasets` folder, MedQuAD's original
 XML layout (folders of <Document> files), or a folder of any of those; each from a local path or an
 `s3://bucket/key` (a key ending in "/" is a prefix). Several inputs, comma-separated and optionally
-tagged (`medquad=s3://b/mq.jsonl,fr=/data/fr.parquet`), are merged with a `source_tag` per row.
+tagged (`medquad=s3://b/mq.jsonl,fr=/data/fr.parquet`), are merged; each row keeps its input's tag (counted per source in the data card).
 
 Every row comes out as (file label, row number, record) so later errors can name both.
 """
@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .config import BUNDLED_MEDQUAD_SAMPLE
+from ..config import BUNDLED_MEDQUAD_SAMPLE
 
 log = logging.getLogger(__name__)
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 BUNDLED_DATA = {BUNDLED_MEDQUAD_SAMPLE: RESOURCES / "medquad_sample.jsonl.gz"}
-SOURCE_TAG = "source_tag"
 # A malformed line is a row-level problem, reported with this pseudo-field.
 RAW_FIELD = "<row>"
 TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet")
@@ -82,7 +81,7 @@ def resolve_local_path(uri: str, download_dir: Path | None = None) -> Path:
     if uri.startswith("bundled:"):
         raise DataError(f"unknown bundled dataset {uri!r}; known: {sorted(BUNDLED_DATA)}")
     if uri.startswith("s3://"):
-        from .storage import ObjectStore, StorageError
+        from ..storage import ObjectStore, StorageError
 
         store, key = ObjectStore.from_uri(uri)
         base = Path(download_dir or Path.cwd()) / "inputs" / store.bucket

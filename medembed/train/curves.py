@@ -1,7 +1,7 @@
 """Evaluation during training and the training curves artifact.
 
 `RetrievalEvaluator` encodes the dev queries and passages once at full dim and scores every requested
-Matryoshka dim by truncating and re-normalising (GUIDE §4: one evaluator per dim re-encodes for
+Matryoshka dim by truncating and re-normalising (docs/STACK-NOTES.md §2: one evaluator per dim re-encodes for
 each and costs 4x for identical numbers). `write` turns the trainer's log history into
 training_curves.json, a PNG and an HTML page that the Kubeflow UI shows.
 """
@@ -55,7 +55,7 @@ class RetrievalEvaluator(_evaluator_base()):
     def __call__(self, model, output_path=None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
         import torch
 
-        from .encoding import encode
+        from ..encoding import encode
 
         # Dev sets are small: tokenising in this process beats forking workers mid-training.
         options = dict(show_progress_bar=False, packed_attention=self.packed_attention, workers=0)

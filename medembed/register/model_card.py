@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .evaluation import comparison_markdown
+from ..evaluate.tables import comparison_markdown
 
 MEDQUAD_ATTRIBUTION = (
     "Training and evaluation data derived from MedQuAD (Ben Abacha & Demner-Fushman, "

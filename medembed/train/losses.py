@@ -1,0 +1,57 @@
+"""The training objective and how a batch is laid out for it.
+
+MatryoshkaLoss wraps (Cached)MultipleNegativesRankingLoss so the loss is taken at every configured
+dim of one embedding; the GradCache form bounds memory by mini-batch, however large the batch (the
+in-batch negatives) is.
+"""
+
+from __future__ import annotations
+
+from ..config import TrainConfig
+
+
+def build_loss(model, config: TrainConfig):
+    """MatryoshkaLoss around (Cached)MultipleNegativesRankingLoss. With several processes the
+    in-batch negatives are gathered from all of them (a no-op in a single process)."""
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
+
+    if config.loss == "cached_mnrl":
+        inner = CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=config.mini_batch_size, mini_batch_num_tokens=config.mini_batch_tokens or None,
+            gather_across_devices=config.gather_across_devices,
+        )
+    else:
+        inner = MultipleNegativesRankingLoss(model, gather_across_devices=config.gather_across_devices)
+    return MatryoshkaLoss(model, inner, matryoshka_dims=list(config.matryoshka_dims))
+
+
+def column_prompts(columns: list[str], query_prompt: str, passage_prompt: str) -> dict[str, str] | None:
+    """The anchor is a query; the positive and every hard-negative column are passages, and with
+    e5 a passage encoded without its "passage: " prompt is out of distribution."""
+    if not (query_prompt or passage_prompt):
+        return None
+    return {column: query_prompt if column == "anchor" else passage_prompt for column in columns}
+
+
+class LengthSortedCollator:
+    """Orders the rows of each batch by passage length (longest first) before tokenising.
+
+    The ranking loss is invariant to the order of pairs inside a batch, and GradCache slices the batch
+    into consecutive mini-batches whose shared trailing padding sentence-transformers trims: sorted,
+    each mini-batch is nearly padding-free. Longest first makes the first step the memory peak, so an
+    out-of-memory shows at once."""
+
+    def __init__(self, inner, key: str = "positive"):
+        self.inner = inner
+        self.key = key
+
+    def __call__(self, features):
+        features = sorted(features, key=lambda row: len(str(row.get(self.key) or "")), reverse=True)
+        return self.inner(features)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
