@@ -6,10 +6,10 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from .. import scratch
 from ..artifacts import TrainingInfo
 from ..config import PipelineConfig
 from ..models import setup_logging
-from .. import scratch
 from . import launcher, recipe
 
 log = logging.getLogger(__name__)
