@@ -213,7 +213,7 @@ def test_pii_fail_mode_names_rows_and_kinds_but_not_values(tmp_path):
 
 @pytest.mark.parametrize("text, kind", [
     ("mail me at a.b@c.org", "email"), ("call +1 (555) 010-2000 now", "phone"), ("MRN 12345678", "record_number"),
-    ("SSN 123-45-6789", "record_number"), ("DOB: 1961-05-04", "date_of_birth"), ("né le 12 mars 1960", "date_of_birth"),
+    ("SSN 123-45-6789", "ssn"), ("DOB: 1961-05-04", "date_of_birth"), ("né le 12 mars 1960", "date_of_birth"),
     ("Mr. Smith was seen", "person_name"), ("patient name: Ann Lee", "person_name"),
 ])
 def test_privacy_patterns(text, kind):

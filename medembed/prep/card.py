@@ -19,6 +19,7 @@ def _rows(stats: dict) -> list[tuple[str, object]]:
         ("pairs kept", stats["rows_kept"]),
         ("answer headings repeating the question, removed", stats["headings_removed"]),
         ("rows with HTML remnants, cleaned", v.get("warnings_by_reason", {}).get("html remnants removed", 0)),
+        ("input files skipped (unknown type; named in validation_report.json)", len(v.get("skipped_files", []))),
         ("queries with several different answers (grouped)", stats["queries_with_several_answers"]),
         ("near-duplicate query clusters (>1 distinct text)", stats["near_duplicate_query_clusters"]),
         ("near-duplicate passage clusters (>1 distinct text)", stats["near_duplicate_passage_clusters"]),

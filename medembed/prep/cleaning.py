@@ -29,7 +29,8 @@ def load_pairs(config: DataConfig, stats: PrepStats, download_dir: Path) -> list
     for source in sources:
         path = resolve_local_path(source.uri, download_dir)
         labels.append(str(path))
-        for file, row_no, record in read_records(path):
+        required = tuple((name, column_map[name]) if name in column_map else (name,) for name in (config.question_field, config.passage_field))
+        for file, row_no, record in read_records(path, required, report.skipped_files):
             report.rows_read += 1
             raw_problem = validation.raw_row_issue(record)
             if raw_problem:
@@ -52,6 +53,10 @@ def load_pairs(config: DataConfig, stats: PrepStats, download_dir: Path) -> list
                 report.bad_rows += 1
                 continue
             query, passage = texts[config.question_field], texts[config.passage_field]
+            if reason := validation.pair_issue(query, passage):
+                report.bad_rows += 1
+                report.add(RowIssue(file, row_no, config.passage_field, reason), fatal=True)
+                continue
             passage, stripped = validation.strip_question_heading(query, passage, config.heading_overlap)
             stats.headings_removed += stripped
             if config.pii_action != "off":
@@ -90,7 +95,8 @@ def load_pairs(config: DataConfig, stats: PrepStats, download_dir: Path) -> list
     if config.pii_action == "fail" and pii_found:
         kinds = ", ".join(f"{kind}: {count}" for kind, count in pii_found.most_common())
         where = "; ".join(issue.describe() for issue in pii_issues[: validation.MESSAGE_EXAMPLES])
-        raise DataError(f"{label}: likely personal data found [{kinds}] and data.pii_action=fail; first: {where}")
+        raise DataError(f"{label}: likely personal data found [{kinds}] and data.pii_action=fail; first: {where}; "
+                        "remove it at the source, or set data.pii_action=redact to replace it with placeholders")
     stats.rows_by_source = dict(Counter(p["source"] for p in pairs))
     return pairs
 

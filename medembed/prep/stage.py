@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import artifacts
+from .. import artifacts, scratch
 from ..config import ConfigError, DataConfig, PipelineConfig
 from ..models import embedding_dimension
 from . import card, lengths
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def run(config: PipelineConfig, train_dir: Path, eval_dir: Path) -> PrepStats:
     """The prep stage: the training base model tokenises (truncation figures) and mines negatives."""
     check_model_dims(config)
-    with tempfile.TemporaryDirectory() as work:
+    with scratch.work_dir("prep") as work:
         stats = prepare(config.data, Path(train_dir), Path(eval_dir), model=config.train.base_model,
                         max_seq_length=config.train.max_seq_length, work_dir=Path(work))
     log.info("prep done: %d training pairs, %d evaluation queries over %d passages, fingerprint %s",

@@ -3,14 +3,21 @@
 Layout under the checkpoint URI (a local folder or s3://bucket/prefix, see `storage.open_store`):
 
     checkpoint-00000120/<files the trainer saved>
-    checkpoint-00000120/COMPLETE      <- written last: {"step": 120, "files": {name: {size, sha256}}}
+    checkpoint-00000120/COMPLETE      <- written last: {"step": 120, "files": {name: {size, sha256}},
+                                                        "binding": {"data": sha256, "config": sha256}}
 
 A checkpoint without its marker (the pod died during the upload) or whose files do not match the
 marker's manifest (truncated, overwritten, bit rot) is skipped, and the next older one is tried.
+
+A checkpoint is bound to its run: the marker records a fingerprint of the training data and of the
+training configuration (`run_binding`). A run whose data or configuration differ never resumes from
+it: it starts from step 0, logs why, and once it has saved its own first checkpoint it removes the
+other run's checkpoints and any partial (marker-less) upload from the location.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,6 +31,54 @@ log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+# TrainConfig fields that change how fast a run goes, not what it computes: a retry may change them
+# and still resume. (GradCache mini-batches, length sorting inside a batch and the packed attention
+# path give the same loss; the world size is bound separately.) Every other field, including any
+# added later, is part of the configuration fingerprint.
+OPERATIONAL_FIELDS = frozenset({
+    "checkpoint_uri", "checkpoint_steps", "checkpoint_keep", "dataloader_workers", "packed_attention",
+    "compile_layers", "mini_batch_size", "mini_batch_tokens", "sort_by_length", "num_processes",
+})
+DATA_FILES = ("train.jsonl", "dev.jsonl")
+
+
+def data_fingerprint(train_dir: Path, files: tuple[str, ...] = DATA_FILES) -> str:
+    """SHA-256 over the training and dev pairs (names and bytes) that a run trains and selects on."""
+    digest = hashlib.sha256()
+    for name in files:
+        path = Path(train_dir) / name
+        if not path.exists():
+            continue
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def config_fingerprint(config, world_size: int = 1) -> str:
+    """SHA-256 of the training configuration minus OPERATIONAL_FIELDS, plus the number of processes
+    (it sets the global batch)."""
+    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
+    bound = {k: v for k, v in sorted(values.items()) if k not in OPERATIONAL_FIELDS}
+    bound["world_size"] = int(world_size)
+    return hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_binding(train_dir: Path, config, world_size: int = 1) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: {"data": ..., "config": ...}."""
+    return {"data": data_fingerprint(train_dir), "config": config_fingerprint(config, world_size)}
+
+
+def binding_mismatch(recorded: dict | None, wanted: dict) -> str | None:
+    """Why a checkpoint with binding `recorded` may not be resumed by a run with binding `wanted`."""
+    if not recorded:
+        return "it records no data or configuration fingerprint (written before checkpoints were bound to their run)"
+    differ = [part for part in ("data", "config") if recorded.get(part) != wanted.get(part)]
+    if not differ:
+        return None
+    names = {"data": "training data", "config": "training configuration"}
+    return " and ".join(f"other {names[p]} ({str(recorded.get(p))[:12]}, this run {wanted[p][:12]})" for p in differ)
 
 
 def checkpoint_name(step: int) -> str:
@@ -49,42 +104,98 @@ def manifest(local_dir: Path) -> dict[str, dict]:
 
 
 class CheckpointStore:
-    def __init__(self, uri: str, keep: int = 2):
+    """`binding` (see `run_binding`): checkpoints are written with it and only those with the same
+    binding are resumed; None (tools, tests) reads every intact checkpoint."""
+
+    def __init__(self, uri: str, keep: int = 2, binding: dict[str, str] | None = None):
         self.uri = uri
         self.store: Store = open_store(uri)
         self.keep = max(1, keep)
+        self.binding = binding
+        self.not_resumed: str | None = None  # why restore_latest started fresh although checkpoints existed
+        self._swept = False
 
-    def steps(self) -> list[int]:
-        """Steps of checkpoints that have a completion marker, newest first."""
-        found = set()
+    def _folders(self) -> tuple[set[int], set[int]]:
+        """(steps with a completion marker, steps of every checkpoint folder)."""
+        marked, folders = set(), set()
         for key in self.store.list(""):
             parts = key.split("/")
-            if len(parts) == 2 and parts[1] == MARKER and _NAME.match(parts[0]):
-                found.add(int(_NAME.match(parts[0]).group(1)))
-        return sorted(found, reverse=True)
+            match = _NAME.match(parts[0]) if len(parts) >= 2 else None
+            if match:
+                folders.add(int(match.group(1)))
+                if len(parts) == 2 and parts[1] == MARKER:
+                    marked.add(int(match.group(1)))
+        return marked, folders
+
+    def steps(self) -> list[int]:
+        """Steps of checkpoints that have a completion marker, newest first (whatever their binding)."""
+        return sorted(self._folders()[0], reverse=True)
+
+    def _marker(self, step: int) -> dict | None:
+        try:
+            marker = json.loads(self.store.get_bytes(f"{checkpoint_name(step)}/{MARKER}"))
+            return marker if isinstance(marker, dict) else None
+        except (StorageError, ValueError) as exc:
+            log.warning("checkpoint %s: marker unreadable (%s)", checkpoint_name(step), exc)
+            return None
+
+    def _mismatch(self, marker: dict | None) -> str | None:
+        if self.binding is None:
+            return None
+        if marker is None:
+            return "its marker is unreadable"
+        return binding_mismatch(marker.get("binding"), self.binding)
+
+    def bound_steps(self) -> list[int]:
+        """Steps of intact-marker checkpoints this run may resume from, newest first."""
+        return [step for step in self.steps() if self._mismatch(self._marker(step)) is None]
 
     def upload(self, local_dir: Path, step: int, protect: tuple[int, ...] = ()) -> str:
-        """Upload one checkpoint folder, then its marker; prune old ones (never those in `protect`)."""
+        """Upload one checkpoint folder, then its marker; prune old ones (never those in `protect`).
+        The first upload of a run also removes other runs' checkpoints and partial uploads here."""
         name = checkpoint_name(step)
         files = manifest(local_dir)
         self.store.delete_prefix(name + "/")
         self.store.upload_dir(Path(local_dir), name)
-        self.store.put_bytes(f"{name}/{MARKER}", json.dumps({"step": step, "files": files}).encode())
+        marker = {"step": step, "files": files}
+        if self.binding is not None:
+            marker["binding"] = self.binding
+        self.store.put_bytes(f"{name}/{MARKER}", json.dumps(marker).encode())
         log.info("checkpoint %s uploaded (%d files) to %s", name, len(files), self.uri)
-        for old in self.steps()[self.keep :]:
+        if not self._swept and self.binding is not None:
+            self._sweep(keep={step, *protect})
+            self._swept = True
+        for old in self.bound_steps()[self.keep :] if self.binding is not None else self.steps()[self.keep :]:
             if old not in protect and old != step:
                 self.store.delete_prefix(checkpoint_name(old) + "/")
         return name
 
+    def _sweep(self, keep: set[int]) -> None:
+        """Remove checkpoints of other runs (other binding) and folders without a marker."""
+        marked, folders = self._folders()
+        removed = []
+        for step in sorted(folders - keep):
+            if step not in marked or self._mismatch(self._marker(step)) is not None:
+                self.store.delete_prefix(checkpoint_name(step) + "/")
+                removed.append(step)
+        if removed:
+            log.warning("removed %d checkpoint(s) of another run or a partial upload from %s (steps %s)",
+                        len(removed), self.uri, ", ".join(map(str, removed)))
+
     def download(self, step: int, local_dir: Path) -> bool:
-        """Fetch one checkpoint and verify it against its marker; False (and nothing left) if it is bad."""
+        """Fetch one checkpoint and verify it against its marker; False (and nothing left) if it is bad
+        or bound to another run."""
         name = checkpoint_name(step)
         local_dir = Path(local_dir)
         shutil.rmtree(local_dir, ignore_errors=True)
         try:
-            expected = json.loads(self.store.get_bytes(f"{name}/{MARKER}"))["files"]
+            marker = json.loads(self.store.get_bytes(f"{name}/{MARKER}"))
+            if self._mismatch(marker):
+                log.warning("checkpoint %s belongs to another run (%s): skipped", name, self._mismatch(marker))
+                return False
+            expected = marker["files"]
             self.store.download_dir(name, local_dir)
-        except (StorageError, ValueError, KeyError, OSError) as exc:
+        except (StorageError, ValueError, KeyError, TypeError, OSError) as exc:
             log.warning("checkpoint %s unreadable (%s): skipped", name, exc)
             shutil.rmtree(local_dir, ignore_errors=True)
             return False
@@ -98,14 +209,29 @@ class CheckpointStore:
         return True
 
     def restore_latest(self, local_parent: Path) -> Path | None:
-        """Download the newest intact checkpoint into `local_parent/checkpoint-N`; None if there is none."""
+        """Download the newest intact checkpoint of this run into `local_parent/checkpoint-N`; None if
+        there is none. `local_parent` is emptied first: a checkpoint a killed attempt left there is not
+        verified and must not be picked up by the trainer."""
+        shutil.rmtree(local_parent, ignore_errors=True)
+        self.not_resumed = None
+        foreign: list[tuple[int, str]] = []
         for step in self.steps():
+            mismatch = self._mismatch(self._marker(step))
+            if mismatch:
+                foreign.append((step, mismatch))
+                continue
             # The trainer's own naming (unpadded), so its rotation and best-model bookkeeping apply.
             target = Path(local_parent) / f"checkpoint-{step}"
             if self.download(step, target):
                 log.info("resuming from %s/%s", self.uri, checkpoint_name(step))
                 self._restore_best(target, Path(local_parent))
                 return target
+        if foreign:
+            newest, why = foreign[0]
+            self.not_resumed = (f"not resuming from {self.uri}: its {len(foreign)} checkpoint(s) (newest step {newest}) were "
+                                f"written by another run: {why}; training starts from step 0, and this run's first "
+                                f"checkpoint replaces them")
+            log.warning("%s", self.not_resumed)
         return None
 
     def _restore_best(self, latest: Path, local_parent: Path) -> None:

@@ -103,7 +103,9 @@ def setup(train_dir: Path, config: TrainConfig, work_dir: Path, callbacks: list 
             dev_rows, list(config.eval_dims or config.matryoshka_dims), batch_size=config.mini_batch_size,
             name=EVALUATOR_NAME, packed_attention="on" if packed else "off",
         )
-    checkpoint_store = checkpoints.CheckpointStore(config.checkpoint_uri, config.checkpoint_keep) if config.checkpoint_uri else None
+    checkpoint_store = checkpoints.CheckpointStore(
+        config.checkpoint_uri, config.checkpoint_keep, binding=checkpoints.run_binding(train_dir, config, world),
+    ) if config.checkpoint_uri else None
     local_checkpoints = work_dir / "checkpoints"
     args = _training_arguments(config, local_checkpoints, device, bf16, world, len(train_rows), evaluator is not None,
                                checkpoint_store is not None,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from pathlib import Path
 
+from .. import scratch
 from ..artifacts import TrainingInfo
 from ..config import PipelineConfig
 from ..models import setup_logging
@@ -24,7 +24,7 @@ def run(config: PipelineConfig, train_dir: Path, model_dir: Path, curves_dir: Pa
     train = config.train
     if train.checkpoint_uri and run_id:
         train = dataclasses.replace(train, checkpoint_uri=f"{train.checkpoint_uri.rstrip('/')}/{run_id}")
-    with tempfile.TemporaryDirectory() as work:
+    with scratch.work_dir("train") as work:
         processes = launcher.processes_wanted(train)
         if processes > 1 and recipe.distributed_env()[1] == 1:
             return launcher.launch(Path(train_dir), Path(model_dir), train, Path(work), processes, curves_dir)
