@@ -107,7 +107,7 @@ def test_submit_runs_preflight_first_and_stops_on_a_failure(kfp_api, cluster, bu
     code, out, _ = _cli("preflight", "--host", kfp_api.url, *storage, "--gpu-scale-from-zero",
                         "--param", f"data_uri=s3://{names['data']}/nothing-here.jsonl")
     assert code == commands.EXIT_PREFLIGHT
-    assert f"FAIL  data" in out and f"s3://{names['data']}/nothing-here.jsonl not found" in out
+    assert "FAIL  data" in out and f"s3://{names['data']}/nothing-here.jsonl not found" in out
     assert "WARN  GPU nodes" in out
 
 
@@ -180,7 +180,7 @@ def test_runs_get_wait_terminate(kfp_api):
 def test_wait_timeout_exit_4(kfp_api):
     run_id = kfp_api.add_run("endless", "RUNNING")
     code, out, err = _cli("runs", "wait", run_id, "--host", kfp_api.url, "--interval", "0", "--timeout", "0")
-    assert code == 4 and f"still RUNNING" in err and f"medembed runs terminate {run_id}" in err
+    assert code == 4 and "still RUNNING" in err and f"medembed runs terminate {run_id}" in err
 
 
 def test_bad_param_is_a_usage_error(kfp_api):

@@ -242,7 +242,7 @@ def _check_secret(ctx: _Context) -> None:
                 f"set accesskey and secretkey in manifests/base/minio-pipelines.env, then {APPLY}")
         return
     if any(value.startswith(EXAMPLE_CREDENTIAL_PREFIX) for value in values.values()):
-        ctx.add(name, FAIL, f"holds the example credentials of manifests/base/minio-pipelines.env.example",
+        ctx.add(name, FAIL, "holds the example credentials of manifests/base/minio-pipelines.env.example",
                 f"put real keys in manifests/base/minio-pipelines.env, {APPLY}, then re-run the init Job")
         return
     ctx.keys = (values[target.secret_keys[0]], values[target.secret_keys[1]])
