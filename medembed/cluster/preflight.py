@@ -402,7 +402,7 @@ def _check_minio(ctx: _Context, endpoint: str | None, env: Mapping[str, str]) ->
         keys, source = (env["MINIO_ACCESS_KEY"], env["MINIO_SECRET_KEY"]), "MINIO_ACCESS_KEY/MINIO_SECRET_KEY"
     if keys is None:
         ctx.add("MinIO", SKIP, "no pipeline keys to test with (Secret not readable, MINIO_ACCESS_KEY/"
-                "MINIO_SECRET_KEY not set)", "fix the Secret check above, or export the pipeline keys")
+                "MINIO_SECRET_KEY not set)", "see the Secret check, or export MINIO_ACCESS_KEY/MINIO_SECRET_KEY")
         return None
     secure = None if "://" in endpoint else target.minio_secure
     client = minio_client(endpoint, keys, secure=secure)
@@ -484,7 +484,7 @@ def _check_data(ctx: _Context, client) -> None:
                 "upload it (mc cp FILE ALIAS/medembed-data/...) and --set data.data_uri=s3://medembed-data/...")
         return
     if client is None:
-        ctx.add(name, SKIP, f"{uri}: MinIO not reachable")
+        ctx.add(name, SKIP, f"{uri}: MinIO not checked")
         return
     parsed = urlparse(uri)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
@@ -537,7 +537,7 @@ def run_preflight(target: PreflightTarget, *, kube: KubeAccess | ClusterError | 
         _check_buckets(ctx, client)
     else:
         for bucket in target.read_buckets + target.write_buckets:
-            ctx.add(f"bucket {bucket}", SKIP, "MinIO not reachable")
+            ctx.add(f"bucket {bucket}", SKIP, "MinIO not checked")
     _check_data(ctx, client)
     return ctx.checks
 
