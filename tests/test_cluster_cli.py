@@ -9,9 +9,9 @@ import io
 import tempfile
 
 import pytest
-import yaml
 
 from fake_kfp import KfpServer, task, timestamp
+from medembed import cli
 from medembed.cluster import PROFILE_NAMESPACE, commands
 from test_cluster_preflight import buckets, cluster  # noqa: F401 - fixtures: moto buckets, fake Kubernetes
 from test_cluster_runs import isolated_kfp  # noqa: F401 - autouse: no KFP context/env leaks in
@@ -24,8 +24,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cli(*argv: str) -> tuple[int, str, str]:
+    """The commands as medembed.cli runs them: with its run planning (--set/--param) and compiler."""
     out, err = io.StringIO(), io.StringIO()
-    code = commands.run(_parser().parse_args(list(argv)), out=out, err=err)
+    code = commands.run(_parser().parse_args(list(argv)), out=out, err=err, plan=cli.run_plan,
+                        compile_pipeline=cli.compile_pipeline)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -46,9 +48,10 @@ def temp_dir(tmp_path, monkeypatch):
 
 def _finishing(final: str) -> list[dict]:
     train = "SUCCEEDED" if final == "SUCCEEDED" else "FAILED"
-    return [{"state": "RUNNING", "run_details": {"task_details": [task("prep-data", "RUNNING", 1)]}},
+    config = task("resolve-config", "SUCCEEDED", 0, 1)
+    return [{"state": "RUNNING", "run_details": {"task_details": [config, task("prep-data", "RUNNING", 1)]}},
             {"state": final, "finished_at": timestamp(400), "run_details": {"task_details": [
-                task("prep-data", "SUCCEEDED", 1, 60),
+                config, task("prep-data", "SUCCEEDED", 1, 60),
                 task("train-model", train, 61, 300, message=None if train == "SUCCEEDED" else "CUDA out of memory")]}}]
 
 
@@ -56,17 +59,19 @@ def test_submit_wait_uploads_runs_follows_and_exits_with_the_outcome(kfp_api, te
     kfp_api.script_next_run(_finishing("SUCCEEDED"))
     code, out, err = _cli("submit", "--host", kfp_api.url, "--skip-preflight", "--wait", "--interval", "0",
                           "--param", "epochs=3", "--param", "matryoshka_dims=[768,256]", "--run-name", "e5-trial",
-                          "--set", "train.epochs=2", "--output", str(tmp_path / "kept.yaml"))
+                          "--set", "train.lora_r=8", "--set", "cluster.train_memory=80Gi",
+                          "--output", str(tmp_path / "kept.yaml"))
     assert (code, err) == (0, "")
     (run,) = kfp_api.posted("/runs")
-    assert run["runtime_config"]["parameters"] == {"epochs": 3, "matryoshka_dims": [768, 256]}
+    # The CLI's planning: named run parameters, other --set fields in `overrides`, cluster.* compiled in.
+    assert run["runtime_config"]["parameters"] == {"epochs": 3, "matryoshka_dims": [768, 256],
+                                                   "overrides": {"train.lora_r": 8}}
     assert run["display_name"] == "e5-trial"
     version = kfp_api.versions[run["pipeline_version_reference"]["pipeline_version_id"]]
-    assert version["description"] == "profile cluster; --set train.epochs=2"
-    # --set changed the compiled default; the uploaded package is the one kept with --output.
-    spec = next(yaml.safe_load_all((tmp_path / "kept.yaml").read_text()))
-    assert spec["root"]["inputDefinitions"]["parameters"]["epochs"]["defaultValue"] == 2
-    assert kfp_api.uploads[-1]["content"] == (tmp_path / "kept.yaml").read_text()
+    assert version["description"] == "profile cluster; --set train.lora_r=8 cluster.train_memory=80Gi"
+    kept = (tmp_path / "kept.yaml").read_text()
+    assert "resourceMemoryRequest: 80Gi" in kept
+    assert kfp_api.uploads[-1]["content"] == kept  # the uploaded package is the one kept with --output
     run_id = next(iter(kfp_api.runs))
     assert f"run: {run_id}\nurl: {kfp_api.url}/#/runs/details/{run_id}\n" in out
     assert "run SUCCEEDED" in out and "state:    SUCCEEDED" in out

@@ -161,6 +161,8 @@ def _failed_run(kfp_api: FakeKfp, package, task_message: str | None) -> str:
     sub = runs.submit(session, package, experiment="e", run_name="nightly")
     nodes = [task("medical-embedding-finetune-x7k2p", "FAILED", 0, 300),
              task("root-driver", "SUCCEEDED", 0, 5), task("root", "FAILED", 5, 300),
+             task("resolve-config-driver", "SUCCEEDED", 1, 2), task("resolve-config", "SUCCEEDED", 2, 5),
+             task("executor", "SUCCEEDED", 2, 5),
              task("prep-data-driver", "SUCCEEDED", 5, 10),
              task("prep-data", "SUCCEEDED", 10, 70, pods=("medical-embedding-finetune-x7k2p-101",)),
              task("executor", "SUCCEEDED", 10, 70),
@@ -181,12 +183,13 @@ def test_get_of_a_failed_run_names_the_failing_task_its_message_and_where_its_lo
     assert report.state == "FAILED"
     # The pipeline's tasks in dependency order, named as in the UI; KFP's drivers and Argo's nodes left out.
     assert [(t.name, t.display_name, t.state) for t in report.tasks] == [
+        ("resolve-config", "configuration", "SUCCEEDED"),
         ("prep-data", "data prep", "SUCCEEDED"), ("train-model", "GPU training", "FAILED"),
         ("evaluate-models", "Matryoshka evaluation", "SKIPPED"), ("register-model", "model registration", "SKIPPED")]
     (failed,) = report.failed_tasks
     assert failed.error == "OOMKilled (exit code 137)"
     assert failed.duration() == 215
-    assert report.tasks[0].duration() == 60
+    assert report.tasks[1].duration() == 60
     text = runs.format_report(report)
     assert "failed task: GPU training (train-model): OOMKilled (exit code 137)" in text
     assert "nodes: medical-embedding-finetune-x7k2p-202" in text
@@ -245,13 +248,14 @@ def test_terminate_asks_kfp_and_reports_the_new_state(kfp_api):
 
 def _progress(kfp_api: FakeKfp, final: str) -> list[dict]:
     """PENDING -> prep running -> training running -> final."""
-    prep_running = [task("prep-data", "RUNNING", 10)]
-    train_running = [task("prep-data", "SUCCEEDED", 10, 70), task("train-model", "RUNNING", 75)]
-    end_tasks = train_running[:1] + [
+    config = task("resolve-config", "SUCCEEDED", 2, 8)
+    prep_running = [config, task("prep-data", "RUNNING", 10)]
+    train_running = [config, task("prep-data", "SUCCEEDED", 10, 70), task("train-model", "RUNNING", 75)]
+    end_tasks = train_running[:2] + [
         task("train-model", "SUCCEEDED" if final == "SUCCEEDED" else final, 75, 290),
         task("evaluate-models", "SUCCEEDED", 300, 400), task("register-model", "SUCCEEDED", 410, 420)]
     if final != "SUCCEEDED":
-        end_tasks = end_tasks[:2]
+        end_tasks = end_tasks[:3]
     return [{"state": "PENDING"},
             {"state": "RUNNING", "run_details": {"task_details": prep_running}},
             {"state": "RUNNING", "run_details": {"task_details": train_running}},
@@ -284,12 +288,12 @@ def test_progress_on_a_terminal_redraws_one_table_in_place(kfp_api, package):
     out = io.StringIO()
     runs.wait(session, sub.run_id, interval=0, display=runs.ProgressDisplay(out, tty=True), sleep=lambda s: None)
     frames = out.getvalue().split("\x1b[")
-    # First frame drawn plainly, each later one moves up over the 5 lines of the previous (run + 4 tasks).
+    # First frame drawn plainly, each later one moves up over the 6 lines of the previous (run + 5 tasks).
     assert frames[0].startswith("live: PENDING")
-    assert out.getvalue().count("\x1b[5F\x1b[J") == 3
+    assert out.getvalue().count("\x1b[6F\x1b[J") == 3
     last = out.getvalue().rsplit("\x1b[J", 1)[1]
     assert last.splitlines()[0].startswith("live: SUCCEEDED")
-    assert [line.split()[-2] for line in last.splitlines()[1:]] == ["SUCCEEDED"] * 4
+    assert [line.split()[-2] for line in last.splitlines()[1:]] == ["SUCCEEDED"] * 5
 
 
 def test_wait_gives_up_after_its_timeout_with_the_next_command(kfp_api):

@@ -15,15 +15,15 @@ Exit codes: 0 done (or the run succeeded), 1 the run failed, 2 usage error, 3 th
 4 still running when --timeout ran out, 5 cannot talk to KFP / Kubernetes (one line with the fix),
 6 preflight failed, 130 interrupted while following (the run goes on).
 
-`add_commands(subparsers, common)` registers the commands on the CLI's subparsers; `run(args)` executes a
-parsed command and returns its exit code. Heavy imports (kfp, kubernetes, the pipeline) happen inside.
+`add_commands(subparsers, common)` registers the commands on the CLI's subparsers; `run(args, plan=...,
+compile_pipeline=...)` executes a parsed command with the CLI's run planning and compiler and returns its
+exit code. Heavy imports (kfp, kubernetes) happen inside.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -83,7 +83,7 @@ def add_commands(sub, common: Callable[[argparse.ArgumentParser, str], None] | N
     _connection_args(p)
     _preflight_args(p, in_submit=False)
     p.add_argument("--param", action="append", metavar="NAME=VALUE",
-                   help="a run parameter to check against (data_uri, registry_uri)")
+                   help="a run parameter as for submit (data_uri and registry_uri change what is checked)")
 
     p = sub.add_parser("submit", help="compile, upload as a new pipeline version, start a run (and follow it)")
     profile_args(p)
@@ -91,7 +91,8 @@ def add_commands(sub, common: Callable[[argparse.ArgumentParser, str], None] | N
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     p.add_argument("--run-name", default=None, help="default: <model name>-<date>-<time>")
     p.add_argument("--param", action="append", metavar="NAME=VALUE",
-                   help="pipeline parameter for this run (JSON values: epochs=3, matryoshka_dims=[768,256])")
+                   help="a run parameter (JSON values: epochs=3, matryoshka_dims=[768,256]) or "
+                   "overrides='{\"section.field\": value}'")
     p.add_argument("--pipeline-name", default=None, help="pipeline to add the version to (default: the compiled "
                    "pipeline's name, medical-embedding-finetune)")
     p.add_argument("--pipeline-root", default=None,
@@ -122,22 +123,6 @@ def add_commands(sub, common: Callable[[argparse.ArgumentParser, str], None] | N
             q.add_argument("--interval", type=float, default=10.0, metavar="SECONDS")
 
 
-def parse_params(items: list[str] | None) -> dict[str, object]:
-    """NAME=VALUE pairs; values read as JSON when they parse (3, [768,256], true), else as strings."""
-    from ..config import ConfigError
-
-    params: dict[str, object] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--param {item!r} is not of the form name=value")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
-
-
 # --- commands -------------------------------------------------------------------------------------------
 
 def _settings(args):
@@ -147,15 +132,16 @@ def _settings(args):
                                  token_file=args.token_file, ui_host=args.ui_host)
 
 
-def _config(args, params: dict[str, object] | None = None):
-    from ..config import load_config
+Plan = Callable[[str, "list[str] | None", "list[str] | None"], tuple]
+Compile = Callable[[object, Path], Path]
 
-    config = load_config(args.profile, args.set)
-    # Run parameters that name storage override the compiled defaults: check what the run will use.
-    overrides = {field: params[name] for name, field in (("data_uri", "data.data_uri"),
-                                                          ("registry_uri", "registry.registry_uri"))
-                 if params and name in params}
-    return config.override(overrides) if overrides else config
+
+def _plan(args, plan: Plan | None):
+    """(config to compile, the run's arguments, the config the run will use): the CLI's own planning
+    (medembed.cli.run_plan: --set / --param semantics, validated as the pipeline will)."""
+    if plan is None:
+        raise TypeError("commands.run(..., plan=medembed.cli.run_plan) is needed for preflight and submit")
+    return plan(args.profile, args.set, args.param)
 
 
 def _preflight(args, config, settings, kfp_check: Callable[[], str]) -> list:
@@ -176,11 +162,10 @@ def _kfp_detail(settings, multi_user: bool) -> str:
     return f"healthy at {settings.host} ({mode}; token: {settings.token_source})"
 
 
-def cmd_preflight(args, out) -> int:
+def cmd_preflight(args, out, plan: Plan | None = None, compile_pipeline: Compile | None = None) -> int:
     from . import preflight, runs
 
-    params = parse_params(args.param)
-    config = _config(args, params)
+    _, _, config = _plan(args, plan)  # checks what the run would use: --set / --param data_uri, registry_uri
     try:
         settings = _settings(args)
     except ClusterError as exc:
@@ -199,24 +184,6 @@ def cmd_preflight(args, out) -> int:
     return 0 if preflight.passed(checks) else EXIT_PREFLIGHT
 
 
-def compile_package(config, path: Path, no_cache: bool = False) -> Path:
-    """The cluster pipeline of `config` as IR YAML at `path`."""
-    import warnings
-
-    from kfp import compiler
-
-    from pipelines.medical_embedding import build_pipeline
-
-    from . import runs
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        compiler.Compiler().compile(build_pipeline(config, for_cluster=True), str(path))
-    if no_cache:
-        runs.disable_caching(path)
-    return path
-
-
 def _follow(session, run_id: str, args, out) -> int:
     from . import runs
 
@@ -231,11 +198,12 @@ def _follow(session, run_id: str, args, out) -> int:
     return runs.exit_code(report.state)
 
 
-def cmd_submit(args, out) -> int:
+def cmd_submit(args, out, plan: Plan | None = None, compile_pipeline: Compile | None = None) -> int:
     from . import preflight, runs
 
-    params = parse_params(args.param)
-    config = _config(args, params)
+    compiled, arguments, config = _plan(args, plan)  # a bad value ends here: exit 2, nothing contacted
+    if compile_pipeline is None:
+        raise TypeError("commands.run(..., compile_pipeline=medembed.cli.compile_pipeline) is needed for submit")
     settings = _settings(args)
     session = runs.connect(settings)  # unreachable or refused: one line, before anything else
     if not args.skip_preflight:
@@ -246,15 +214,17 @@ def cmd_submit(args, out) -> int:
             return EXIT_PREFLIGHT
     now = dt.datetime.now()
     run_name = args.run_name or f"{config.registry.model_name}-{now:%Y%m%d-%H%M%S}"
-    description = f"profile {config.profile}" + (f"; --set {' '.join(args.set)}" if args.set else "") + (
+    description = f"profile {compiled.profile}" + (f"; --set {' '.join(args.set)}" if args.set else "") + (
         "; caching off" if args.no_cache else "")
     # The compiled file lives only as long as the upload: nothing is left in temp folders.
     with tempfile.TemporaryDirectory(prefix="medembed-submit-") as tmp:
-        package = compile_package(config, Path(tmp) / "pipeline.yaml", no_cache=args.no_cache)
+        package = compile_pipeline(compiled, Path(tmp) / "pipeline.yaml")
+        if args.no_cache:
+            runs.disable_caching(package)
         if args.output:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(package, args.output)
-        sub = runs.submit(session, package, experiment=args.experiment, run_name=run_name, params=params,
+        sub = runs.submit(session, package, experiment=args.experiment, run_name=run_name, params=arguments,
                           pipeline_name=args.pipeline_name, description=description,
                           pipeline_root=args.pipeline_root)
     print(f"pipeline: {sub.pipeline_name}, version {sub.version_name}", file=out)
@@ -265,7 +235,7 @@ def cmd_submit(args, out) -> int:
     return _follow(session, sub.run_id, args, out)
 
 
-def cmd_runs(args, out) -> int:
+def cmd_runs(args, out, plan: Plan | None = None, compile_pipeline: Compile | None = None) -> int:
     from . import runs
 
     session = runs.connect(_settings(args))
@@ -285,14 +255,16 @@ def cmd_runs(args, out) -> int:
     raise AssertionError(args.runs_command)
 
 
-def run(args, out=None, err=None) -> int:
-    """Execute a parsed cluster command; ClusterError -> one line on stderr and its exit code."""
+def run(args, out=None, err=None, *, plan: Plan | None = None, compile_pipeline: Compile | None = None) -> int:
+    """Execute a parsed cluster command; ClusterError -> one line on stderr and its exit code.
+    `plan` and `compile_pipeline` are the CLI's (medembed.cli.run_plan, medembed.cli.compile_pipeline):
+    passed in, so that this module does not import the CLI that imports it."""
     from ..config import ConfigError
 
     out, err = out or sys.stdout, err or sys.stderr
     handlers = {"preflight": cmd_preflight, "submit": cmd_submit, "runs": cmd_runs}
     try:
-        return handlers[args.command](args, out)
+        return handlers[args.command](args, out, plan=plan, compile_pipeline=compile_pipeline)
     except ClusterError as exc:
         print(f"error: {exc}", file=err)
         return getattr(exc, "exit_code", EXIT_CLUSTER_ERROR)
