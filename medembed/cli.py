@@ -21,7 +21,6 @@ The pipeline is imported lazily: nothing a KFP task imports may import component
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import sys
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
     if args.command in cluster_commands.COMMANDS:
-        return cluster_commands.run(args)
+        return cluster_commands.run(args, plan=run_plan, compile_pipeline=compile_pipeline)
     try:
         if args.command == "run-local":
             run_local_command(args)
