@@ -2,7 +2,9 @@
 
     medembed run-local [--profile local] [--set train.epochs=2 ...]
     medembed compile   [--profile cluster] [--set section.field=value ...] [--output pipeline.yaml]
-    medembed submit    --host http://kfp.example/pipeline [--set ...] [--param NAME=VALUE ...]
+    medembed preflight [--namespace NS] [--minio-endpoint URL] [--kubeconfig F]   (checks before a GPU run)
+    medembed submit    [--host URL] [--wait] [--skip-preflight] [--set ...] [--param NAME=VALUE ...]
+    medembed runs      list | get RUN_ID | wait RUN_ID | terminate RUN_ID
     medembed schedule  --host ... --cron "0 0 2 * * *" [--name nightly-retrain]
 
 Every command resolves and validates the configuration before any work starts: a bad value ends
@@ -19,13 +21,13 @@ The pipeline is imported lazily: nothing a KFP task imports may import component
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import sys
 import tempfile
 from pathlib import Path
 
+from .cluster import commands as cluster_commands
 from .config import COMPILE_TIME_SECTIONS, RUN_PARAMETERS, ConfigError, PipelineConfig, load_config, split_assignment
 
 log = logging.getLogger("medembed")
@@ -124,21 +126,6 @@ def _client(args):
     return kfp.Client(host=args.host, namespace=args.namespace, existing_token=args.token or None)
 
 
-def submit(args) -> str:
-    compiled, arguments, resolved = run_plan(args.profile, args.set, args.param)
-    with tempfile.TemporaryDirectory(prefix="medembed-") as work:
-        package = compile_pipeline(compiled, Path(args.output) if args.output else Path(work) / DEFAULT_IR_FILE)
-        run = _client(args).create_run_from_pipeline_package(
-            str(package),
-            arguments=arguments,
-            run_name=args.run_name or f"{resolved.registry.model_name}-{dt.datetime.now():%Y%m%d-%H%M%S}",
-            experiment_name=args.experiment,
-            # None keeps the compiled per-task caching (registration is never cached); True would override it.
-            enable_caching=False if args.no_cache else None,
-        )
-    return run.run_id
-
-
 def schedule(args) -> str:
     validate_cron(args.cron)
     compiled, arguments, resolved = run_plan(args.profile, args.set, args.param)
@@ -194,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, "cluster")
     p.add_argument("--output", default=DEFAULT_IR_FILE)
 
-    for name, help_text in (("submit", "compile and start a run on a KFP endpoint"),
-                            ("schedule", "create a recurring retraining run on a KFP endpoint")):
+    # preflight, submit, runs: medembed/cluster/commands.py (submit plans the run with run_plan above).
+    cluster_commands.add_commands(sub, common)
+
+    for name, help_text in (("schedule", "create a recurring retraining run on a KFP endpoint"),):
         p = sub.add_parser(name, help=help_text)
         common(p, "cluster")
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
@@ -208,11 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"a run parameter ({', '.join(RUN_PARAMETERS)}) or overrides='{{\"section.field\": value}}'")
         p.add_argument("--output", default=None, help="also keep the compiled IR here")
         p.add_argument("--no-cache", action="store_true")
-        if name == "submit":
-            p.add_argument("--run-name", default=None)
-        else:
-            p.add_argument("--cron", required=True, help="6 fields, seconds first, e.g. '0 0 2 * * *'")
-            p.add_argument("--name", default="medical-embeddings-retrain")
+        p.add_argument("--cron", required=True, help="6 fields, seconds first, e.g. '0 0 2 * * *'")
+        p.add_argument("--name", default="medical-embeddings-retrain")
     return parser
 
 
@@ -222,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     args = build_parser().parse_args(argv)
+    if args.command in cluster_commands.COMMANDS:
+        return cluster_commands.run(args, plan=run_plan, compile_pipeline=compile_pipeline)
     try:
         if args.command == "run-local":
             run_local_command(args)
         elif args.command == "compile":
             print(f"pipeline IR: {compile_pipeline(_config(args), Path(args.output)).resolve()}")
-        elif args.command == "submit":
-            print(f"run: {submit(args)}")
         elif args.command == "schedule":
             print(f"recurring run: {schedule(args)}")
     except ConfigError as exc:

@@ -8,7 +8,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "medembed"
 # Launchers: they drive kfp (compile, kfp.local, the KFP client) and are never imported inside a task.
-LAUNCHERS = {"medembed.cli", "medembed.local_run", "medembed.__main__"}
+LAUNCHERS = {"medembed.cli", "medembed.local_run", "medembed.__main__",
+             # the KFP client side of submit/runs (medembed/cluster): run on a workstation, never in a task
+             "medembed.cluster.runs", "medembed.cluster.commands"}
 
 
 def _module_name(path: Path) -> str:
