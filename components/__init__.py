@@ -9,16 +9,21 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from .changes import check_changes, keep_champion
 from .evaluate import evaluate_models
 from .prep import prep_data
 from .register import register_model
 from .resolve import resolve_config
+from .snapshot import snapshot_data
 from .train import train_model
 
 
 class Stages(NamedTuple):
     resolve_config: dsl.base_component.BaseComponent
+    snapshot_data: dsl.base_component.BaseComponent
     prep_data: dsl.base_component.BaseComponent
+    check_changes: dsl.base_component.BaseComponent
+    keep_champion: dsl.base_component.BaseComponent
     train_model: dsl.base_component.BaseComponent
     evaluate_models: dsl.base_component.BaseComponent
     register_model: dsl.base_component.BaseComponent
@@ -30,7 +35,8 @@ def for_image(image: str) -> Stages:
     def component(func):
         return dsl.component(func, base_image=image, install_kfp_package=False)
 
-    return Stages(*(component(f) for f in (resolve_config, prep_data, train_model, evaluate_models, register_model)))
+    return Stages(*(component(f) for f in (resolve_config, snapshot_data, prep_data, check_changes, keep_champion,
+                                           train_model, evaluate_models, register_model)))
 
 
 __all__ = ["Stages", "for_image"]

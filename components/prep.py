@@ -5,6 +5,7 @@ from kfp.dsl import HTML, Dataset, Markdown, Metrics, Output
 
 def prep_data(
     config: dict,
+    data_identity: str,
     train_data: Output[Dataset],
     eval_data: Output[Dataset],
     data_card: Output[Markdown],
@@ -12,7 +13,9 @@ def prep_data(
     prep_metrics: Output[Metrics],
 ) -> NamedTuple("PrepOutputs", [("fingerprint", str), ("train_pairs", int), ("eval_queries", int)]):
     """Ingest, validate, redact, dedup, split by group, mine hard negatives; write the training set,
-    the IR evaluation set and the data card."""
+    the IR evaluation set and the data card. `data_identity` (snapshot_data) ties KFP's cache to the
+    input bytes."""
+    import json
     import shutil
     from collections import namedtuple
     from pathlib import Path
@@ -24,7 +27,7 @@ def prep_data(
     stats = stage.run(PipelineConfig.from_dict(config), Path(train_data.path), Path(eval_data.path))
     shutil.copyfile(Path(train_data.path) / artifacts.CARD_MARKDOWN_FILE, data_card.path)
     shutil.copyfile(Path(train_data.path) / artifacts.CARD_HTML_FILE, data_card_html.path)
-    train_data.metadata.update({"pairs": stats.train_pairs, "fingerprint": stats.fingerprint,
+    train_data.metadata.update({"pairs": stats.train_pairs, "fingerprint": stats.fingerprint, "data_identity": data_identity,
                                 "negatives": stats.num_negatives, "languages": stats.languages})
     eval_data.metadata.update({"queries": stats.eval_queries, "corpus": stats.eval_corpus, "layout": "beir"})
     for name, value in {
@@ -38,5 +41,7 @@ def prep_data(
         "pii_found": sum(stats.pii_found.values()),
     }.items():
         prep_metrics.log_metric(name, value)
+    # The scalars also as a file: kfp.local's cache only replays a task whose output artifacts all exist as files.
+    Path(prep_metrics.path).write_text(json.dumps(prep_metrics.metadata))
     outputs = namedtuple("PrepOutputs", ["fingerprint", "train_pairs", "eval_queries"])
     return outputs(stats.fingerprint, stats.train_pairs, stats.eval_queries)

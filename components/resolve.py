@@ -11,6 +11,7 @@ def resolve_config(
     batch_size: int,
     learning_rate: float,
     loss: str,
+    force_retrain: bool,
     registry_uri: str,
     model_name: str,
     resolved_config: Output[Markdown],

@@ -11,6 +11,7 @@ def train_model(
 ):
     """Fine-tune with MatryoshkaLoss((Cached)MultipleNegativesRankingLoss); bf16 on GPU, one process per
     GPU, checkpoints under train.checkpoint_uri/<run_id> so a KFP retry resumes."""
+    import json
     import shutil
     import tempfile
     from pathlib import Path
@@ -30,3 +31,5 @@ def train_model(
     if info.best_metric is not None:
         training_metrics.log_metric(f"best_{settings.train.best_metric}", float(info.best_metric))
         training_metrics.log_metric("best_checkpoint_step", float(info.best_checkpoint_step))
+    # The scalars also as a file: kfp.local's cache only replays a task whose output artifacts all exist as files.
+    Path(training_metrics.path).write_text(json.dumps(training_metrics.metadata))

@@ -153,12 +153,16 @@ def run_local_command(args) -> None:
     from .local_run import run_local
 
     outcome = run_local(_config(args), Path(args.runs_dir))
-    gate = outcome["manifest"]["gate"]
-    print("\nBase vs fine-tuned, per Matryoshka dimension:")
-    print(comparison_text(outcome["results"]))
     print(f"\nrun artifacts: {outcome['run_root']}")
-    print(f"evaluation report: {outcome['report']}")
-    print("promoted to champion" if gate["promote"] else "not promoted: " + "; ".join(gate["reasons"]))
+    if not outcome["trained"]:
+        print(f"nothing trained: {outcome['reason']}")
+        print(f"champion: v{outcome['champion']}" if outcome["champion"] is not None
+              else f"no champion yet; the same inputs made v{outcome['version']}")
+    else:
+        print("\nBase vs fine-tuned, per Matryoshka dimension:")
+        print(comparison_text(outcome["results"]))
+        print(f"evaluation report: {outcome['report']}")
+        print(f"v{outcome['version']}: " + outcome["decision"].splitlines()[0].replace("**", ""))
     print(f"model: {outcome['model_uri']}")
 
 

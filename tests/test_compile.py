@@ -113,4 +113,4 @@ def test_image_override_at_compile_time(tmp_path):
                    cwd=Path(__file__).resolve().parents[1], capture_output=True)
     spec = next(yaml.safe_load_all(out.read_text()))
     images = [e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()]
-    assert len(images) == 5 and set(images) == {"registry.example.com/medembed:9.9"}
+    assert len(images) == 8 and set(images) == {"registry.example.com/medembed:9.9"}

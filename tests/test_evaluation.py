@@ -4,7 +4,6 @@ extra collections and language slices, KFP metric names."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -348,8 +347,11 @@ def test_pipeline_exposes_the_html_report_and_metrics():
     assert outputs["report"]["artifactType"]["schemaTitle"] == "system.Markdown"
     assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     # The evaluation settings reach the task through the run's resolved configuration.
-    tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["evaluate-models"]["inputs"]["parameters"]["config"]["taskOutputParameter"]["producerTask"] == "resolve-config"
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    tasks = {name: task for dag in dags for name, task in dag["tasks"].items()}
+    # Inside the "retrain" branch the run's config arrives as the branch's input: resolve-config's output.
+    assert tasks["evaluate-models"]["inputs"]["parameters"]["config"] == {
+        "componentInputParameter": "pipelinechannel--resolve-config-Output"}
     profile = tasks["resolve-config"]["inputs"]["parameters"]["profile_config"]["runtimeValue"]["constant"]
     assert profile["eval"]["tolerance"] == EvalConfig().tolerance
 

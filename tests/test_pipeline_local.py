@@ -71,11 +71,12 @@ def test_bad_input_fails_in_prep_and_registers_nothing(tmp_path, tiny_model_dir,
     from medembed.local_run import LocalRunFailed
 
     config = tiny_config(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl")
-    with pytest.raises(LocalRunFailed, match=r"data prep failed: DataError: input file not found: .*missing.jsonl"):
+    # The data snapshot, the first task that reads the input, already names it.
+    with pytest.raises(LocalRunFailed, match=r"data snapshot failed: DataError: input file not found: .*missing.jsonl"):
         run_local(config, tmp_path / "runs")
     # The console says which stage failed; the executor's dumps stay in the run's log file.
     console = capsys.readouterr().out
-    assert "▶ data prep" in console and "✗ data prep: failure" in console
+    assert "▶ data snapshot" in console and "✗ data snapshot: failure" in console
     assert "Got executor_input" not in console
     assert "Got executor_input" in next((tmp_path / "runs").glob("*/pipeline.log")).read_text()
     assert not (tmp_path / "registry").exists() or not any((tmp_path / "registry").rglob("manifest.json"))

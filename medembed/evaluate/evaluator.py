@@ -17,7 +17,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +97,12 @@ def _means(values: dict[str, np.ndarray]) -> dict[str, float]:
 def summarize(per_query: dict, latency: dict, dims, precisions, n_corpus: int, config: EvalConfig,
               query_languages: list[str] | None = None) -> dict:
     """Means, index sizes, bootstrap deltas, intervals, recommendation and language slices for one
-    collection, from per-query metrics {model: {dim: {precision: {metric: array}}}}."""
+    collection, from per-query metrics {model: {dim: {precision: {metric: array}}}}. A "champion"
+    entry (float32 only, at the dims it supports) becomes `champion` with candidate-minus-champion
+    deltas."""
     samples, seed, confidence = config.bootstrap_samples, config.bootstrap_seed, config.confidence
+    per_query = dict(per_query)
+    champion = per_query.pop("champion", None)
     grid = {label: {str(d): {p: {**_means(per_query[label][str(d)][p]), "latency_ms_per_query": latency[label][str(d)][p]}
                              for p in precisions} for d in dims} for label in per_query}
     index = {str(d): {p: {"bytes_per_vector": bytes_per_vector(d, p),
@@ -128,6 +132,15 @@ def summarize(per_query: dict, latency: dict, dims, precisions, n_corpus: int, c
                              **recommend(grid[reference_model], index, dims, precisions, config.tolerance)}
     if query_languages and any(query_languages):
         out["languages"] = language_slices(per_query, dims, query_languages, config)
+    if champion is not None and "finetuned" in per_query:
+        compared = [d for d in dims if str(d) in champion]
+        pairs = {(str(d), m): (champion[str(d)][FLOAT32][m], per_query["finetuned"][str(d)][FLOAT32][m])
+                 for d in compared for m in ALL_METRICS}
+        deltas = paired_deltas(pairs, samples, seed, confidence) if pairs else {}
+        out["champion"] = {
+            **{str(d): _means(champion[str(d)][FLOAT32]) for d in compared},
+            "deltas": {str(d): {m: deltas[(str(d), m)] for m in ALL_METRICS} for d in compared},
+        }
     return out
 
 
@@ -194,11 +207,25 @@ def encode_ir_set(model, queries: dict[str, str], corpus: dict[str, str], batch_
             encode(model, list(corpus.values()), "document", batch_size, **speed_options))
 
 
+@dataclass
+class Champion:
+    """The registry's current champion, pulled to `path`, to be scored beside the candidate."""
+
+    version: int
+    path: str
+    dims: list[int]
+    max_seq_length: int | None = None
+    error: str = ""
+
+
 def evaluate(eval_dir: Path, finetuned_ref: str, base_ref: str, dims: list[int], query_prompt: str,
-             passage_prompt: str, config: EvalConfig, max_seq_length: int | None = None) -> dict:
+             passage_prompt: str, config: EvalConfig, max_seq_length: int | None = None,
+             champion: Champion | None = None) -> dict:
     """Base vs fine-tuned at every (dim, precision) on the prepared IR set and on every extra
-    collection. Each model is loaded once and encodes each collection once. `dims` are the
-    model's Matryoshka dims (descending, as the training record holds them)."""
+    collection, and the champion (float32, with its own prompts and length) at the dims both share.
+    Each model is loaded once and encodes each collection once. `dims` are the model's Matryoshka
+    dims (descending, as the training record holds them)."""
+    from ..config import AUTO
     from ..models import configure_torch, load_model
 
     device = configure_torch()
@@ -225,6 +252,16 @@ def evaluate(eval_dir: Path, finetuned_ref: str, base_ref: str, dims: list[int],
             per_query[collection.name][label], latency[collection.name][label] = score_grid(
                 q, c, collection.judgements, dims, precisions, query_chunk, config.rescore_multiplier, device)
         del model
+    if champion is not None and not champion.error:
+        model = load_model(champion.path, AUTO, AUTO, champion.max_seq_length, device=device)
+        shared = [d for d in dims if d in champion.dims and d <= model.get_embedding_dimension()]
+        for collection in collections:
+            log.info("champion v%d: encoding %s (dims %s)", champion.version, collection.name, shared)
+            q, c = encode_ir_set(model, collection.queries, collection.corpus, batch_size,
+                                 packed_attention=config.packed_attention, compile_layers=config.compile_layers)
+            per_query[collection.name]["champion"], _ = score_grid(q, c, collection.judgements, shared, (FLOAT32,),
+                                                                   query_chunk, config.rescore_multiplier, device)
+        del model
     results: dict = {}
     for collection in collections:
         summary = {
@@ -236,6 +273,9 @@ def evaluate(eval_dir: Path, finetuned_ref: str, base_ref: str, dims: list[int],
             **summarize(per_query[collection.name], latency[collection.name], dims, precisions,
                         len(collection.corpus), config, collection.languages),
         }
+        if champion is not None:
+            summary["champion"] = {"version": champion.version, "error": champion.error, "deltas": {},
+                                   **summary.get("champion", {})}
         if collection.name == "main":
             results = summary
         else:

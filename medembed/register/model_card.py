@@ -28,11 +28,10 @@ def index_contract(train_info: dict) -> dict:
     }
 
 
-def render(model_name: str, version: int, train_info: dict, results: dict, data_stats: dict, promoted: bool, reasons: list[str]) -> str:
+def render(model_name: str, version: int, train_info: dict, results: dict, data_stats: dict, decision_markdown: str) -> str:
     contract = index_contract(train_info)
     dims = ", ".join(str(d) for d in contract["valid_dims"])
     smallest = contract["valid_dims"][-1]
-    status = "promoted to `champion`" if promoted else "registered, not promoted: " + "; ".join(reasons)
     return f"""---
 library_name: sentence-transformers
 base_model: {train_info['base_model']}
@@ -42,7 +41,10 @@ tags: [sentence-transformers, matryoshka, medical, retrieval]
 
 Fine-tuned from `{train_info['base_model']}` with MatryoshkaLoss(MultipleNegativesRankingLoss) on
 {train_info['train_pairs']} medical question/passage pairs ({train_info['steps']} steps, {train_info['epochs']} epoch(s),
-device {train_info['device']}, bf16={train_info['bf16']}). Status: {status}.
+device {train_info['device']}, bf16={train_info['bf16']}).
+
+## Promotion gate
+{decision_markdown}
 
 ## Using it in a vector index
 - Query prompt: `{contract['query_prompt']!r}`, passage prompt: `{contract['passage_prompt']!r}` (stored in the model;

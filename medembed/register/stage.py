@@ -1,50 +1,51 @@
-"""The registration stage: a new model version with its metrics, card and lineage; promotion if it wins."""
+"""The registration stage: a new model version with its metrics, card and lineage, promoted to
+champion only if it passes the gate. The same weights are never registered twice."""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from ..artifacts import RESULTS_FILE, STATS_FILE, TrainingInfo
 from ..config import PipelineConfig
+from ..lineage import run_lineage
 from ..models import setup_logging
+from ..registry import ModelRegistry
 from ..storage import open_store
 from . import model_card
-from .registry import ModelRegistry
+from .gate import decide_promotion, decision_markdown
 
 log = logging.getLogger(__name__)
 
 
 def run(config: PipelineConfig, model_dir: Path, results_dir: Path, train_dir: Path, pipeline_run: str = "") -> dict:
+    """Returns the Registration as a dict plus "model_card" and "decision" (Markdown)."""
     setup_logging()
     results = json.loads((Path(results_dir) / RESULTS_FILE).read_text())
     info = TrainingInfo.read(Path(model_dir)).to_dict()
     stats = json.loads((Path(train_dir) / STATS_FILE).read_text())
     settings = config.registry
     registry = ModelRegistry(open_store(settings.registry_uri), settings.model_name)
+    decision = decide_promotion(results, settings)
+    decision_text = decision_markdown(decision)
     lineage = {
-        "base_model": info["base_model"],
-        "data_source": stats["source"],
-        "data_fingerprint": stats["fingerprint"],
+        **run_lineage(config, Path(train_dir)),
         "eval_fingerprint": results["eval_fingerprint"],
         "index_contract": model_card.index_contract(info),
         "training": info,
         "pipeline_run": pipeline_run,
     }
 
-    rendered: list[str] = []
+    def card(version: int) -> str:
+        return model_card.render(settings.model_name, version, info, results, stats, decision_text)
 
-    def render_card(version: int, decision) -> str:
-        rendered.append(model_card.render(settings.model_name, version, info, results, stats, decision.promote, decision.reasons))
-        return rendered[-1]
-
-    with tempfile.TemporaryDirectory() as work:
-        # The card goes into a copy: the input artifact stays untouched.
-        staged = Path(work) / "model"
-        shutil.copytree(model_dir, staged)
-        registration = registry.register(staged, results, lineage, render_card, settings.min_ndcg_gain)
-    return {**asdict(registration), "model_card": rendered[-1]}
+    registration = registry.register(Path(model_dir), results, lineage, card, decision, owner=pipeline_run)
+    if registration.duplicate_of is not None:
+        decision_text = (f"**Nothing registered:** these weights are already v{registration.duplicate_of}.\n\n"
+                         + decision_text)
+    elif decision.promote and not registration.promoted:
+        decision_text = f"**Not promoted:** {registration.reasons[-1]}\n\n" + decision_text
+    log.info("gate: %s", "promote" if decision.promote else "; ".join(decision.reasons))
+    return {**asdict(registration), "model_card": card(registration.version), "decision": decision_text}

@@ -17,7 +17,6 @@ other run's checkpoints and any partial (marker-less) upload from the location.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -31,14 +30,6 @@ log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-# TrainConfig fields that change how fast a run goes, not what it computes: a retry may change them
-# and still resume. (GradCache mini-batches, length sorting inside a batch and the packed attention
-# path give the same loss; the world size is bound separately.) Every other field, including any
-# added later, is part of the configuration fingerprint.
-OPERATIONAL_FIELDS = frozenset({
-    "checkpoint_uri", "checkpoint_steps", "checkpoint_keep", "dataloader_workers", "packed_attention",
-    "compile_layers", "mini_batch_size", "mini_batch_tokens", "sort_by_length", "num_processes",
-})
 DATA_FILES = ("train.jsonl", "dev.jsonl")
 
 
@@ -56,18 +47,9 @@ def data_fingerprint(train_dir: Path, files: tuple[str, ...] = DATA_FILES) -> st
     return digest.hexdigest()
 
 
-def config_fingerprint(config, world_size: int = 1) -> str:
-    """SHA-256 of the training configuration minus OPERATIONAL_FIELDS, plus the number of processes
-    (it sets the global batch)."""
-    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
-    bound = {k: v for k, v in sorted(values.items()) if k not in OPERATIONAL_FIELDS}
-    bound["world_size"] = int(world_size)
-    return hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def run_binding(train_dir: Path, config, world_size: int = 1) -> dict[str, str]:
     """What a checkpoint must match to be resumed: {"data": ..., "config": ...}."""
-    return {"data": data_fingerprint(train_dir), "config": config_fingerprint(config, world_size)}
+    return {"data": data_fingerprint(train_dir), "config": config.signature(world_size)}
 
 
 def binding_mismatch(recorded: dict | None, wanted: dict) -> str | None:
