@@ -2,11 +2,12 @@
 `kfp.Client` (its request serialisation and response parsing are what the tests exercise):
 
     healthz; pipelines (list by name, upload, upload_version, versions); experiments; runs (create, list,
-    get, terminate); recurring runs (create, list).
+    get, terminate); recurring runs (create, list with filter, get, enable, disable, delete).
 
 State is in memory. A run's answers to GET can be scripted: `script_next_run([snapshot, ...])` makes the
 next created run answer each GET with the next snapshot (the last one repeats), so waiting, progress and
-failures can be played back. Not collected by pytest (no test_ prefix).
+failures can be played back. `component()` and `group()` build the task details KFP reports for the
+pipeline's container tasks and its sub-DAGs (condition branches). Not collected by pytest (no test_ prefix).
 """
 
 from __future__ import annotations
@@ -40,6 +41,21 @@ def task(name: str, state: str, start: int | None = None, end: int | None = None
     if message:
         detail["error"] = {"code": 2, "message": message}
     return detail
+
+
+def component(name: str, state: str, start: int | None = None, end: int | None = None, message: str | None = None,
+              pods: tuple[str, ...] = ()) -> list[dict]:
+    """A container task as KFP's Argo compiler runs it: the task's driver node, the task node and its
+    executor pod node (KFP reports all three)."""
+    return [task(f"{name}-driver", "SUCCEEDED", start, start),
+            task(name, state, start, end, message=message, pods=pods),
+            task("executor", state, start, end)]
+
+
+def group(name: str, state: str, start: int | None = None, end: int | None = None) -> list[dict]:
+    """A sub-DAG task (`condition-branches-1`, or a dsl.If/Else branch `condition-2`): its driver and its DAG
+    node. A branch whose condition was false is SKIPPED (Argo's `when`), and no node exists inside it."""
+    return [task(f"{name}-driver", "SUCCEEDED", start, start), task(name, state, start, end)]
 
 
 class FakeKfp:

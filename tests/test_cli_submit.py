@@ -83,9 +83,17 @@ def test_submit_sends_gpu_pipeline_and_typed_params(kfp_server, tmp_path, capsys
     assert "run: " in capsys.readouterr().out
 
 
+def _containers(spec: dict) -> dict[str, dict]:
+    """The tasks that run a container, at the root and inside the condition branches (sub-DAGs)."""
+    components = spec["components"]
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in components.values() if "dag" in c]
+    return {name: task for dag in dags for name, task in dag["tasks"].items()
+            if "dag" not in components[task["componentRef"]["name"]]}
+
+
 def _cached(body: dict) -> dict[str, bool]:
-    tasks = _spec(body)[0]["root"]["dag"]["tasks"]
-    return {name: bool(task.get("cachingOptions", {}).get("enableCache")) for name, task in tasks.items()}
+    return {name: bool(task.get("cachingOptions", {}).get("enableCache"))
+            for name, task in _containers(_spec(body)[0]).items()}
 
 
 def test_submit_keeps_registration_uncached_unless_no_cache(kfp_server, tmp_path):
@@ -99,10 +107,13 @@ def test_submit_keeps_registration_uncached_unless_no_cache(kfp_server, tmp_path
     compiled = next(yaml.safe_load_all((tmp_path / "a.yaml").read_text()))
     default_version = _version(kfp_server, default_run)
     assert _cached(default_version) == {name: bool(task.get("cachingOptions", {}).get("enableCache"))
-                                        for name, task in compiled["root"]["dag"]["tasks"].items()}
-    assert _cached(default_version)["register-model"] is False
-    assert _cached(default_version)["train-model"] is True
-    assert not any(_cached(_version(kfp_server, no_cache_run)).values())
+                                        for name, task in _containers(compiled).items()}
+    # Training, evaluation and registration sit in the "retrain" branch; the change check is never cached.
+    assert _cached(default_version) == {
+        "resolve-config": True, "snapshot-data": False, "prep-data": True, "check-changes": False,
+        "train-model": True, "evaluate-models": False, "register-model": False, "keep-champion": True}
+    no_cache = _cached(_version(kfp_server, no_cache_run))
+    assert set(no_cache) == set(_cached(default_version)) and not any(no_cache.values())
     # Second submission found the experiment the first one created, and added a version to the same pipeline.
     assert len(kfp_server.posted("/experiments")) == 1
     assert len(kfp_server.pipelines) == 1

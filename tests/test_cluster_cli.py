@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from fake_kfp import KfpServer, task, timestamp
+from fake_kfp import KfpServer, component, group, timestamp
 from medembed import cli
 from medembed.cluster import PROFILE_NAMESPACE, commands
 from test_cluster_preflight import buckets, cluster  # noqa: F401 - fixtures: moto buckets, fake Kubernetes
@@ -47,12 +47,19 @@ def temp_dir(tmp_path, monkeypatch):
 
 
 def _finishing(final: str) -> list[dict]:
+    """A run of the real graph that retrains: prep running, then training (inside the "retrain" branch)
+    ending as `final`."""
     train = "SUCCEEDED" if final == "SUCCEEDED" else "FAILED"
-    config = task("resolve-config", "SUCCEEDED", 0, 1)
-    return [{"state": "RUNNING", "run_details": {"task_details": [config, task("prep-data", "RUNNING", 1)]}},
-            {"state": final, "finished_at": timestamp(400), "run_details": {"task_details": [
-                config, task("prep-data", "SUCCEEDED", 1, 60),
-                task("train-model", train, 61, 300, message=None if train == "SUCCEEDED" else "CUDA out of memory")]}}]
+    head = [*component("resolve-config", "SUCCEEDED", 0, 1), *component("snapshot-data", "SUCCEEDED", 1, 2)]
+    branch = "SUCCEEDED" if train == "SUCCEEDED" else "FAILED"
+    end = head + [*component("prep-data", "SUCCEEDED", 2, 60), *component("check-changes", "SUCCEEDED", 60, 61),
+                  *group("condition-branches-1", branch, 61, 400), *group("condition-2", branch, 61, 400),
+                  *group("condition-3", "SKIPPED", 61, 61),
+                  *component("train-model", train, 62, 300, message=None if train == "SUCCEEDED" else "CUDA out of memory")]
+    if train == "SUCCEEDED":
+        end += [*component("evaluate-models", "SUCCEEDED", 300, 390), *component("register-model", "SUCCEEDED", 390, 400)]
+    return [{"state": "RUNNING", "run_details": {"task_details": head + component("prep-data", "RUNNING", 2)}},
+            {"state": final, "finished_at": timestamp(400), "run_details": {"task_details": end}}]
 
 
 def test_submit_wait_uploads_runs_follows_and_exits_with_the_outcome(kfp_api, temp_dir, tmp_path):
@@ -83,6 +90,8 @@ def test_submit_wait_on_a_failing_run_names_the_task_and_exits_1(kfp_api, temp_d
     code, out, err = _cli("submit", "--host", kfp_api.url, "--skip-preflight", "--wait", "--interval", "0")
     assert code == 1 and err == ""
     assert "failed task: GPU training (train-model): CUDA out of memory" in out
+    assert "GPU training: FAILED" in out  # the live progress names it too
+    assert "branches: retrain FAILED, unchanged SKIPPED" in out
     assert "logs: kubectl -n kubeflow-user-example-com logs -l pipeline/runid=" in out
     assert list(temp_dir.iterdir()) == []
 
