@@ -6,6 +6,7 @@
     medembed submit    [--host URL] [--wait] [--skip-preflight] [--set ...] [--param NAME=VALUE ...]
     medembed runs      list | get RUN_ID | wait RUN_ID | terminate RUN_ID
     medembed schedule  --host ... --cron "0 0 2 * * *" [--name nightly-retrain]
+    medembed models    list | show REF | pull REF --to DIR | promote NAME:N | rollback NAME | diff A B
 
 Every command resolves and validates the configuration before any work starts: a bad value ends
 in one line naming the field, the value and what is accepted, with exit code 2.
@@ -27,8 +28,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cluster import commands as cluster_commands
-from .config import COMPILE_TIME_SECTIONS, RUN_PARAMETERS, ConfigError, PipelineConfig, load_config, split_assignment
+from ..cluster import commands as cluster_commands
+from . import models as model_commands
+from ..config import COMPILE_TIME_SECTIONS, RUN_PARAMETERS, ConfigError, PipelineConfig, load_config, split_assignment
 
 log = logging.getLogger("medembed")
 DEFAULT_IR_FILE = "pipeline.yaml"
@@ -149,8 +151,8 @@ def schedule(args) -> str:
 
 
 def run_local_command(args) -> None:
-    from .evaluate.tables import comparison_text
-    from .local_run import run_local
+    from ..evaluate.tables import comparison_text
+    from ..local_run import run_local
 
     outcome = run_local(_config(args), Path(args.runs_dir))
     print(f"\nrun artifacts: {outcome['run_root']}")
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # preflight, submit, runs: medembed/cluster/commands.py (submit plans the run with run_plan above).
     cluster_commands.add_commands(sub, common)
+    # models list|show|pull|promote|rollback|diff: medembed/cli/models.py
+    model_commands.add_commands(sub, common)
 
     for name, help_text in (("schedule", "create a recurring retraining run on a KFP endpoint"),):
         p = sub.add_parser(name, help=help_text)
@@ -207,11 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .local_run import LocalRunFailed
-    from .models import setup_logging
+    from ..local_run import LocalRunFailed
+    from ..models import setup_logging
 
-    setup_logging()
     args = build_parser().parse_args(argv)
+    setup_logging()
+    if args.command == "models":
+        # Results and errors are the command's own lines: no INFO logs, no urllib3 retry warnings on stderr.
+        logging.getLogger("medembed").setLevel(logging.WARNING)
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+        return model_commands.run(args)
     if args.command in cluster_commands.COMMANDS:
         return cluster_commands.run(args, plan=run_plan, compile_pipeline=compile_pipeline)
     try:
