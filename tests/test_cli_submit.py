@@ -2,8 +2,9 @@
 
 The server (tests/fake_kfp.py) is a stdlib `http.server` speaking the `/apis/v2beta1/*` paths of the REAL
 `kfp.Client` (so its serialisation of pipeline uploads, runs and recurring runs is what we check). `submit`
-uploads the compiled spec as a new pipeline version and runs that version; `schedule` embeds the spec in
-the recurring run. The cluster commands themselves are tested in test_cluster_*.py.
+uploads the compiled spec as a new pipeline version and runs that version; `schedule` does the same for a
+recurring run and replaces the one of the same name. The cluster commands themselves are tested in
+test_cluster_*.py.
 """
 
 from __future__ import annotations
@@ -119,12 +120,12 @@ def test_submit_keeps_registration_uncached_unless_no_cache(kfp_server, tmp_path
     assert len(kfp_server.pipelines) == 1
 
 
-def test_schedule_creates_recurring_run(kfp_server, tmp_path, capsys):
+def test_schedule_creates_a_recurring_run_of_an_uploaded_version_and_twice_keeps_one(kfp_server, tmp_path, capsys):
     experiment_id = kfp_server.add_experiment("medical-embeddings")  # exists already: reused
-    rc = cli.main(["schedule", "--host", kfp_server.url, "--output", str(tmp_path / "pipeline.yaml"),
-                   "--cron", "0 0 2 * * *", "--name", "nightly-retrain", "--param", "epochs=2",
-                   "--param", "data_uri=s3://medembed-data/medquad/v2.jsonl.gz"])
-    assert rc == 0
+    argv = ["schedule", "--host", kfp_server.url, "--output", str(tmp_path / "pipeline.yaml"),
+            "--cron", "0 0 2 * * *", "--name", "nightly-retrain", "--param", "epochs=2",
+            "--param", "data_uri=s3://medembed-data/medquad/v2.jsonl.gz"]
+    assert cli.main(argv) == 0
     assert kfp_server.posted("/experiments") == []
     (job,) = kfp_server.posted("/recurringruns")
     assert job["experiment_id"] == experiment_id
@@ -134,9 +135,20 @@ def test_schedule_creates_recurring_run(kfp_server, tmp_path, capsys):
     assert job["no_catchup"] is True
     assert job["mode"] == "ENABLE"
     assert job["runtime_config"]["parameters"] == {"epochs": 2, "data_uri": "s3://medembed-data/medquad/v2.jsonl.gz"}
-    _assert_gpu_training(job)
-    assert _cached(job)["register-model"] is False
-    assert "recurring run: " in capsys.readouterr().out
+    # The recurring run references the uploaded version (no embedded spec): the compiled GPU pipeline.
+    assert not job.get("pipeline_spec")
+    version = _version(kfp_server, job)
+    _assert_gpu_training(version)
+    assert _cached(version)["register-model"] is False
+    assert kfp_server.uploads[-1]["content"] == (tmp_path / "pipeline.yaml").read_text()
+    assert "recurring run: nightly-retrain (" in capsys.readouterr().out
+
+    assert cli.main(argv) == 0  # again: replaced, not duplicated
+    (remaining,) = kfp_server.recurring_runs.values()
+    assert remaining["display_name"] == "nightly-retrain"
+    assert remaining["pipeline_version_reference"]["pipeline_version_id"] != job["pipeline_version_reference"][
+        "pipeline_version_id"]
+    assert "replaced: " in capsys.readouterr().out
 
 
 def test_schedule_rejects_five_field_cron_before_contacting_kfp(kfp_server, tmp_path):
@@ -159,7 +171,7 @@ def test_bad_param_is_a_usage_error(kfp_server, tmp_path, capsys):
     assert kfp_server.posted("/runs") == []
 
 
-@pytest.mark.parametrize("argv", [["submit"], ["runs", "list"]])
+@pytest.mark.parametrize("argv", [["submit"], ["runs", "list"], ["schedules", "list"]])
 def test_nothing_listening_is_one_line_and_a_non_zero_exit(argv, tmp_path):
     """The console script as a user runs it: no FutureWarning, no retry warnings, no traceback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KF_PIPELINES_")}

@@ -10,7 +10,7 @@ PACKAGE = ROOT / "medembed"
 # Launchers: they drive kfp (compile, kfp.local, the KFP client) and are never imported inside a task.
 LAUNCHERS = {"medembed.cli", "medembed.local_run", "medembed.__main__",
              # the KFP client side of submit/runs (medembed/cluster): run on a workstation, never in a task
-             "medembed.cluster.runs", "medembed.cluster.commands"}
+             "medembed.cluster.runs", "medembed.cluster.schedules", "medembed.cluster.commands"}
 
 
 def _module_name(path: Path) -> str:

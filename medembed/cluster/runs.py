@@ -331,6 +331,14 @@ def _dags(spec: dict) -> list[dict]:
                                                      if isinstance(c, dict) and "dag" in c]
 
 
+def check_parameters(spec: dict, params: Mapping[str, object]) -> None:
+    """Refuse parameters the pipeline does not have, before anything is uploaded."""
+    unknown = sorted(set(params) - pipeline_parameters(spec))
+    if unknown:
+        raise ClusterError(f"unknown pipeline parameter(s) {', '.join(unknown)}",
+                           f"use one of: {', '.join(sorted(pipeline_parameters(spec)))}")
+
+
 def disable_caching(path: Path) -> None:
     """Turn off execution caching for every task that runs a container, in the root DAG and in every
     sub-DAG (the "retrain" branch holds training), in the package itself: a run of an uploaded version
@@ -402,10 +410,7 @@ def submit(session: KfpSession, package: Path, *, experiment: str, run_name: str
     """Upload `package` as a new version of its pipeline and start a run of that version."""
     spec, _ = read_package(package)
     params = dict(params or {})
-    unknown = sorted(set(params) - pipeline_parameters(spec))
-    if unknown:
-        raise ClusterError(f"unknown pipeline parameter(s) {', '.join(unknown)}",
-                           f"use one of: {', '.join(sorted(pipeline_parameters(spec)))}")
+    check_parameters(spec, params)
     pipeline_name = pipeline_name or spec["pipelineInfo"]["name"]
     version = version_name(package)
     pipeline_id, version_id = upload_version(session, package, pipeline_name, version, description)
