@@ -112,7 +112,8 @@ def test_submit_keeps_registration_uncached_unless_no_cache(kfp_server, tmp_path
     # Training, evaluation and registration sit in the "retrain" branch; the change check is never cached.
     assert _cached(default_version) == {
         "resolve-config": True, "snapshot-data": False, "prep-data": True, "check-changes": False,
-        "train-model": True, "evaluate-models": False, "register-model": False, "keep-champion": True}
+        "train-model": True, "evaluate-models": False, "register-model": False, "keep-champion": True,
+        "record-run": True}
     no_cache = _cached(_version(kfp_server, no_cache_run))
     assert set(no_cache) == set(_cached(default_version)) and not any(no_cache.values())
     # Second submission found the experiment the first one created, and added a version to the same pipeline.

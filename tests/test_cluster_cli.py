@@ -14,7 +14,8 @@ from fake_kfp import KfpServer, component, group, timestamp
 from medembed import cli
 from medembed.cluster import PROFILE_NAMESPACE, commands
 from test_cluster_preflight import buckets, cluster  # noqa: F401 - fixtures: moto buckets, fake Kubernetes
-from test_cluster_runs import isolated_kfp  # noqa: F401 - autouse: no KFP context/env leaks in
+from test_cluster_runs import group_keys, isolated_kfp, package  # noqa: F401 - sub-DAG keys; autouse: no KFP
+# context/env leaks in; the compiled pipeline (the same package the CLI compiles: cluster profile)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,24 +47,27 @@ def temp_dir(tmp_path, monkeypatch):
     return folder
 
 
-def _finishing(final: str) -> list[dict]:
+def _finishing(package, final: str) -> list[dict]:
     """A run of the real graph that retrains: prep running, then training (inside the "retrain" branch)
-    ending as `final`."""
+    ending as `final`, then the exit handler records the run."""
+    g = group_keys(package)
     train = "SUCCEEDED" if final == "SUCCEEDED" else "FAILED"
-    head = [*component("resolve-config", "SUCCEEDED", 0, 1), *component("snapshot-data", "SUCCEEDED", 1, 2)]
+    head = [*group(g["exit"], "RUNNING", 0), *component("resolve-config", "SUCCEEDED", 0, 1),
+            *component("snapshot-data", "SUCCEEDED", 1, 2)]
     branch = "SUCCEEDED" if train == "SUCCEEDED" else "FAILED"
     end = head + [*component("prep-data", "SUCCEEDED", 2, 60), *component("check-changes", "SUCCEEDED", 60, 61),
-                  *group("condition-branches-1", branch, 61, 400), *group("condition-2", branch, 61, 400),
-                  *group("condition-3", "SKIPPED", 61, 61),
+                  *group(g["branches"], branch, 61, 390), *group(g["retrain"], branch, 61, 390),
+                  *group(g["unchanged"], "SKIPPED", 61, 61),
                   *component("train-model", train, 62, 300, message=None if train == "SUCCEEDED" else "CUDA out of memory")]
     if train == "SUCCEEDED":
-        end += [*component("evaluate-models", "SUCCEEDED", 300, 390), *component("register-model", "SUCCEEDED", 390, 400)]
+        end += [*component("evaluate-models", "SUCCEEDED", 300, 380), *component("register-model", "SUCCEEDED", 380, 390)]
+    end += component("record-run", "SUCCEEDED", 391, 400)
     return [{"state": "RUNNING", "run_details": {"task_details": head + component("prep-data", "RUNNING", 2)}},
             {"state": final, "finished_at": timestamp(400), "run_details": {"task_details": end}}]
 
 
-def test_submit_wait_uploads_runs_follows_and_exits_with_the_outcome(kfp_api, temp_dir, tmp_path):
-    kfp_api.script_next_run(_finishing("SUCCEEDED"))
+def test_submit_wait_uploads_runs_follows_and_exits_with_the_outcome(kfp_api, temp_dir, tmp_path, package):
+    kfp_api.script_next_run(_finishing(package, "SUCCEEDED"))
     code, out, err = _cli("submit", "--host", kfp_api.url, "--skip-preflight", "--wait", "--interval", "0",
                           "--param", "epochs=3", "--param", "matryoshka_dims=[768,256]", "--run-name", "e5-trial",
                           "--set", "train.lora_r=8", "--set", "cluster.train_memory=80Gi",
@@ -85,8 +89,8 @@ def test_submit_wait_uploads_runs_follows_and_exits_with_the_outcome(kfp_api, te
     assert list(temp_dir.iterdir()) == []  # the compiled file went with its temporary folder
 
 
-def test_submit_wait_on_a_failing_run_names_the_task_and_exits_1(kfp_api, temp_dir):
-    kfp_api.script_next_run(_finishing("FAILED"))
+def test_submit_wait_on_a_failing_run_names_the_task_and_exits_1(kfp_api, temp_dir, package):
+    kfp_api.script_next_run(_finishing(package, "FAILED"))
     code, out, err = _cli("submit", "--host", kfp_api.url, "--skip-preflight", "--wait", "--interval", "0")
     assert code == 1 and err == ""
     assert "failed task: GPU training (train-model): CUDA out of memory" in out
