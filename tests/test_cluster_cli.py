@@ -105,6 +105,7 @@ def test_submit_runs_preflight_first_and_stops_on_a_failure(kfp_api, cluster, bu
     storage = ["--set", f"data.data_uri=s3://{names['data']}/medquad/medquad.jsonl.gz",
                "--set", f"registry.registry_uri=s3://{names['registry']}/models",
                "--set", f"train.checkpoint_uri=s3://{names['checkpoints']}/train",
+               "--set", f"train.base_model=s3://{names['registry']}/base-models/e5",  # imported by the fixture
                "--pipeline-root", f"s3://{names['artifacts']}/pipelines",
                "--kubeconfig", str(cluster.kubeconfig(tmp_path / "kubeconfig")),
                "--minio-endpoint", buckets["endpoint"]]
@@ -136,6 +137,7 @@ def test_preflight_command_exit_codes(kfp_api, cluster, buckets, tmp_path):
             "--set", f"data.data_uri=s3://{names['data']}/medquad/medquad.jsonl.gz",
             "--set", f"registry.registry_uri=s3://{names['registry']}/models",
             "--set", f"train.checkpoint_uri=s3://{names['checkpoints']}/train",
+            "--set", f"train.base_model=s3://{names['registry']}/base-models/e5",  # imported by the fixture
             "--pipeline-root", f"s3://{names['artifacts']}/pipelines"]
     code, out, _ = _cli(*args)
     assert code == 0 and out.rstrip().endswith("0 failed, 0 warnings)")
