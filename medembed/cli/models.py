@@ -159,10 +159,10 @@ def dim_rows(results: dict) -> list[dict]:
     return rows
 
 
-def version_record(reg: Registry, registry: ModelRegistry, version: int, aliases: dict[str, int | None],
-                   metrics: bool = True) -> dict:
+def version_record(registry: ModelRegistry, version: int, aliases: dict[str, int | None]) -> dict:
+    """What the commands show of one version, from its manifest and metrics (also the --json shape)."""
     manifest = registry.manifest(version)
-    results = registry.metrics(version) if metrics else {}
+    results = registry.metrics(version)
     gate = manifest.get("gate") or {}
     training = manifest.get("training") or {}
     contract = manifest.get("index_contract") or {}
@@ -204,7 +204,7 @@ def version_record(reg: Registry, registry: ModelRegistry, version: int, aliases
             "dims": dim_rows(results),
             "champion_error": (results.get("champion") or {}).get("error") or None,
             "recommendation": results.get("recommendation"),
-        } if metrics else None,
+        },
     }
 
 
@@ -282,7 +282,7 @@ def cmd_list(args, reg: Registry, out: TextIO, err: TextIO) -> int:
     records, damaged = [], []
     for version in registry.versions():
         try:
-            records.append(version_record(reg, registry, version, aliases))
+            records.append(version_record(registry, version, aliases))
         except RegistryError as exc:  # one damaged version does not hide the others
             damaged.append(version)
             print(f"error: {exc}", file=err)
@@ -314,7 +314,7 @@ def _show_record(args, reg: Registry) -> dict:
     ref = parse_ref(args.ref)
     registry = reg.open(ref.name)
     version = reg.resolve(registry, ref)
-    record = version_record(reg, registry, version, reg.aliases(registry))
+    record = version_record(registry, version, reg.aliases(registry))
     record["alias_history"] = {a: registry.alias_state(a).history for a in record["aliases"]}
     return record
 
@@ -497,7 +497,7 @@ def cmd_diff(args, reg: Registry, out: TextIO, err: TextIO) -> int:
         ref = parse_ref(text)
         registry = reg.open(ref.name)
         version = reg.resolve(registry, ref)
-        sides.append((registry, version, version_record(reg, registry, version, reg.aliases(registry)),
+        sides.append((registry, version, version_record(registry, version, reg.aliases(registry)),
                       registry.metrics(version)))
     (_, _, a, results_a), (_, _, b, results_b) = sides
     rows_a = {row["dim"]: row for row in a["evaluation"]["dims"]}
