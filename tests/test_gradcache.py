@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import make_rows
-from medembed import artifacts, gradcache, mixed, packing
+from medembed import artifacts, mixed, packing
+from medembed.train import gradcache
 from medembed.train import losses, recipe
 from medembed.config import TrainConfig
 

@@ -16,11 +16,11 @@ def build_loss(model, config: TrainConfig, processes: int = 1):
     gather = config.gather_across_devices and processes > 1
     from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
-    from .. import gradcache
+    from . import gradcache
 
     if config.loss == "cached_mnrl":
         # sentence-transformers' CachedMultipleNegativesRankingLoss, mini-batched from CPU-side lengths on
-        # the packed path (medembed.gradcache; the same losses and gradients, tests/test_gradcache.py).
+        # the packed path (medembed.train.gradcache; the same losses and gradients, tests/test_gradcache.py).
         inner = gradcache.make_loss(
             model, mini_batch_size=config.mini_batch_size, mini_batch_num_tokens=config.mini_batch_tokens or None,
             gather_across_devices=gather, keep_one_graph=config.gradcache_keep_graph,

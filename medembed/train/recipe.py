@@ -4,7 +4,7 @@ sentence-transformers' trainer with MatryoshkaLoss around (Cached)MultipleNegati
 embedding can be cut to any configured dim. Speed: bf16 autocast and TF32 on GPU, cuDNN attention off
 (it re-plans for every shape), rows of each batch sorted by length so GradCache mini-batches carry
 little padding, a padding-free compiled encoder on GPU (medembed.packing) whose layout and GradCache
-mini-batches come from CPU-side text lengths (medembed.gradcache: no host sync per mini-batch), and
+mini-batches come from CPU-side text lengths (medembed.train.gradcache: no host sync per mini-batch), and
 optionally a bf16 compute copy of the encoder with fp32 masters (medembed.mixed, train.compute_copy). Robustness: checkpoints
 mirrored to the object store and resumed after a restart (checkpoints.py); evaluation on the dev split
 during training with the best checkpoint kept (curves.py). With several GPUs, `launcher` starts one
@@ -79,7 +79,8 @@ def setup(train_dir: Path, config: TrainConfig, work_dir: Path, callbacks: list 
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
 
-    from .. import gradcache, mixed, packing
+    from .. import mixed, packing
+    from . import gradcache
 
     rank, world = distributed_env()
     device = configure_torch()

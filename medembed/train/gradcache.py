@@ -24,7 +24,7 @@ from functools import partial
 
 import numpy as np
 
-from .packing import LENGTHS_KEY
+from ..packing import LENGTHS_KEY
 
 
 class LengthsCollator:
@@ -152,7 +152,7 @@ def make_loss(model, mini_batch_size: int, mini_batch_num_tokens: int | None, ga
 
 
 def _packed(model) -> bool:
-    from . import packing
+    from .. import packing
 
     model = getattr(model, "_orig_mod", model)
     model = getattr(model, "module", model)  # DDP
