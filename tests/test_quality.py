@@ -78,6 +78,16 @@ def test_new_knobs_are_validated_and_change_the_training_signature():
     assert DataConfig().shift_probes == ("keyword", "lay", "misspell", "halves")
 
 
+def test_local_profile_adopts_augmentation_and_wise_ft():
+    """docs/QUALITY.md: on the bundled sample, augmentation at rate 1.0 with WiSE-FT weight 0.4 removed the
+    significant regressions on the shifted probes; the cluster profile keeps its reference recipe."""
+    assert (LOCAL.train.augment, LOCAL.train.augment_rate, LOCAL.train.wise_alpha) == (
+        ("stripped", "keywords", "sentence"), 1.0, 0.4)
+    assert LOCAL.data.shift_probes == ("keyword", "lay", "misspell", "halves")
+    cluster = load_config("cluster")
+    assert (cluster.train.augment, cluster.train.wise_alpha) == ((), 1.0)
+
+
 # ------------------------------------------------------------------ training methods
 
 
