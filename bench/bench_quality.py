@@ -49,18 +49,20 @@ ROOT = Path(__file__).resolve().parents[1]
 ALPHA_CURVE = (0.3, 0.5, 0.7, 1.0)
 WISE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
-NO_METHODS = {"augment": [], "augment_rate": 0.0, "wise_alpha": 1.0}
+# An arm's "train" overrides apply to the local profile's training settings *before* issue 10 (no
+# augmentation, no mixing), as in phase 1, so arm files keep their meaning; "profile": "local" starts from
+# the local profile as it is now instead.
+NO_METHODS = {"augment": (), "augment_rate": 0.0, "wise_alpha": 1.0}
 AUGMENT = ["stripped", "keywords", "sentence"]
-# The local profile's training settings before issue 10 (no augmentation, no mixing).
-MAIN = {"name": "main", "train": dict(NO_METHODS)}
+# The local profile's training settings before issue 10.
+MAIN = {"name": "main", "train": {}}
 # Main's fine-tuned model, mixed with the base at the WiSE-FT weight chosen on the dev probes (ablation).
-MAIN_WISE = {"name": "main+wise", "reuse_model": "main", "train": dict(NO_METHODS), "wise_grid": list(WISE_GRID)}
+MAIN_WISE = {"name": "main+wise", "reuse_model": "main", "train": {}, "wise_grid": list(WISE_GRID)}
 # The local profile as it is now (`make run`): augmentation rate 1.0, WiSE-FT weight 0.4 fixed (no dev probes there).
-LOCAL_ARM = {"name": "local", "train": {}}
+LOCAL_ARM = {"name": "local", "profile": "local", "train": {}}
 # What `make train-best` runs: augmentation (rate 0.5) + the WiSE-FT weight chosen on the dev probes
 # (docs/QUALITY.md gives the evidence). Trained unmixed; the mix is chosen afterwards.
-CHOSEN = {"name": "chosen", "train": {"augment": AUGMENT, "augment_rate": 0.5, "wise_alpha": 1.0},
-          "wise_grid": list(WISE_GRID)}
+CHOSEN = {"name": "chosen", "train": {"augment": AUGMENT, "augment_rate": 0.5}, "wise_grid": list(WISE_GRID)}
 PRESETS = {"main": MAIN, "main+wise": MAIN_WISE, "local": LOCAL_ARM, "chosen": CHOSEN}
 
 
@@ -159,9 +161,12 @@ def write_markdown(results: dict, path: Path) -> None:
 def run_arm(arm, args, results, preps, bases, probe_set, collections, base_ref, dims, device, work, eval_speed, started):
     """Prep (once per negatives setting), base scores (once per max_seq_length), train, select, score one arm."""
     name = arm["name"]
-    train_cfg = replace(LOCAL.train, base_model=base_ref, eval_steps=0, matryoshka_dims=tuple(dims),
+    start = LOCAL.train if arm.get("profile") == "local" else replace(LOCAL.train, **NO_METHODS)
+    train_cfg = replace(start, base_model=base_ref, eval_steps=0, matryoshka_dims=tuple(dims),
                         packed_attention="off", compile_layers="off",
                         **{k: (tuple(v) if isinstance(v, list) else v) for k, v in arm.get("train", {}).items()})
+    if arm.get("wise_grid") and train_cfg.wise_alpha < 1:
+        raise ValueError(f"arm {name}: a WiSE-FT grid chooses the mix of an unmixed model; leave train.wise_alpha at 1")
     seq = train_cfg.max_seq_length
     negatives = int(arm.get("num_negatives", 0))
     t0 = time.perf_counter()

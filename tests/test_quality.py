@@ -412,9 +412,10 @@ def test_bench_quality_runs_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path)
     root = Path(__file__).resolve().parents[1]
     data = write_rows(tmp_path / "rows.jsonl", medquad_like(80))
     arms = tmp_path / "arms.json"
-    arms.write_text(json.dumps([{"name": "main", "train": {"batch_size": 8, "augment": [], "augment_rate": 0, "wise_alpha": 1}},
+    # Arms change the local profile's settings before issue 10 (no augmentation, no mixing), as in phase 1.
+    arms.write_text(json.dumps([{"name": "main", "train": {"batch_size": 8}},
                                 {"name": "chosen", "train": {"batch_size": 8, "augment": ["stripped", "sentence"],
-                                                             "augment_rate": 0.5, "wise_alpha": 1}, "wise_grid": [0.5, 1.0]}]))
+                                                             "augment_rate": 0.5}, "wise_grid": [0.5, 1.0]}]))
     out, md = tmp_path / "q.json", tmp_path / "Q.md"
     md.write_text("# Narrative kept\n")
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(root))
@@ -429,7 +430,8 @@ def test_bench_quality_runs_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path)
         table = result["arms"][name]["ndcg@10"]
         assert {"template", "keyword", "lay", "misspell", "halves", "lso", "in_template_prep"} <= set(table)
         assert all({"base", "model", "low", "high"} <= set(row) for probe in table.values() for row in probe.values())
-    assert result["arms"]["chosen"]["wise_alpha"] in (0.5, 1.0)
+    assert result["arms"]["chosen"]["wise_alpha"] in (0.5, 1.0) and "wise_alpha" not in result["arms"]["main"]
+    assert result["arms"]["main"]["methods"] == {"augment": [], "augment_rate": 0.0, "wise_alpha": 1.0, "matryoshka_weights": []}
     assert result["arms"]["chosen"]["train_rows"] > result["arms"]["main"]["train_rows"]
     saved = artifacts.TrainingInfo.read(tmp_path / "models" / "chosen")
     assert saved.wise_alpha == result["arms"]["chosen"]["wise_alpha"]
