@@ -338,7 +338,8 @@ class TrainConfig(_Section):
         self._within("augment_rate", 0, 1)
         self._within("wise_alpha", 0, 1)
         if self.wise_alpha < 1 and self.lora_r:
-            self._fail("wise_alpha", "mixes full fine-tuned weights with the base: needs train.lora_r=0 (or wise_alpha=1)")
+            self._fail("wise_alpha", "mixes fully fine-tuned weights with the base, not LoRA adapters: "
+                                     "set train.wise_alpha=1 with train.lora_r > 0")
         if self.matryoshka_weights and (len(self.matryoshka_weights) != len(self.matryoshka_dims)
                                         or any(not w > 0 for w in self.matryoshka_weights)):
             self._fail("matryoshka_weights", f"give one positive weight per dim {list(self.matryoshka_dims)}, or none")

@@ -72,8 +72,10 @@ def test_new_knobs_are_validated_and_change_the_training_signature():
         with pytest.raises(ConfigError) as error:
             load_config("local", [override])
         assert str(error.value).startswith(message), str(error.value)
-    with pytest.raises(ConfigError, match="wise_alpha=0.5: mixes full fine-tuned weights with the base: needs train.lora_r=0"):
-        load_config("local", ["train.lora_r=8", "train.wise_alpha=0.5"])
+    with pytest.raises(ConfigError, match="wise_alpha=0.4: mixes fully fine-tuned weights with the base, not LoRA adapters: "
+                                          "set train.wise_alpha=1 with train.lora_r > 0"):
+        load_config("local", ["train.lora_r=8"])  # the local profile mixes at 0.4
+    assert load_config("local", ["train.lora_r=8", "train.wise_alpha=1"]).train.lora_r == 8
     assert load_config("local", ["data.shift_probes="]).data.shift_probes == ()
     assert DataConfig().shift_probes == ("keyword", "lay", "misspell", "halves")
 
