@@ -135,9 +135,12 @@ def fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def move_into(staged: Path, target: Path) -> None:
-    """Move a fully written staging folder's files into `target`: a failed stage leaves no partial output."""
+def move_into(staged: Path, target: Path, moved: list[Path] | None = None) -> None:
+    """Move a fully written staging folder's files into `target`: a failed stage leaves no partial output.
+    `moved` receives each target path before its move starts (to take a failed move back)."""
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     for item in Path(staged).iterdir():
+        if moved is not None:
+            moved.append(target / item.name)
         shutil.move(str(item), target / item.name)

@@ -307,6 +307,7 @@ class ModelRegistry:
             # An unfinished version stays invisible (no manifest); its files are removed where possible.
             try:
                 self.store.delete_prefix(self._key(vdir, MODEL_FOLDER) + "/")
+                self.store.delete_prefix(self._key(vdir, METRICS))
             except Exception:  # noqa: BLE001 - best effort: the missing manifest already hides it
                 log.warning("could not clean up the unfinished %s %s", self.model_name, vdir)
             raise

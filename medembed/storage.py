@@ -121,8 +121,11 @@ class LocalStore:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a write that failed (a full disk) leaves no temporary file
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Create `key` with `data` unless it exists; False if it did. Atomic: a hard link of a fully
@@ -130,8 +133,8 @@ class LocalStore:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
         try:
+            tmp.write_bytes(data)
             os.link(tmp, path)
             return True
         except FileExistsError:
@@ -166,7 +169,10 @@ class LocalStore:
         return sum(1 for p in Path(local_dir).rglob("*") if p.is_file())
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self._path(prefix), ignore_errors=True)
+        path = self._path(prefix)
+        if path.is_file():  # a key, as on S3, where a prefix may name one object
+            path.unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
 
     def uri(self, key: str) -> str:
         return str(self._path(key))
