@@ -365,6 +365,9 @@ def describe_failure(exc: BaseException, store: "ObjectStore", action: str, key:
                     f"or the manifests' bucket job) or fix the bucket in the URI")
         if code in ("NoSuchKey", "NoSuchObject"):
             return f"{doing}: no such object; check the key (a prefix must end with '/') and that the upload finished"
+        if code in ("XMinioStorageFull", "StorageFull", "InsufficientStorage"):
+            return (f"{doing}: the object store is out of disk space ({code}); free space on its volumes (delete old "
+                    f"checkpoints or versions, or grow the volume), then retry")
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
             return (f"{doing}: the server refused the credentials ({code}); check {ACCESS_KEY_VARS[0]} / "
                     f"{SECRET_KEY_VARS[0]} and the user's policy on bucket {store.bucket!r}")

@@ -135,6 +135,12 @@ class FaultProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        try:
+            self._connect(client)
+        except OSError:
+            _reset(client)
+
+    def _connect(self, client: socket.socket) -> None:
         if self.mode == "silent":
             self._hold(client)
             return
@@ -162,6 +168,14 @@ class FaultProxy:
         _reset(client)
 
     def _pump(self, source: socket.socket, target: socket.socket, state: dict, upload: bool) -> None:
+        try:
+            self._forward(source, target, state, upload)
+        except OSError:  # a socket closed under it (down(), close(), the peer): the connection ends
+            pass
+        _reset(source)
+        _reset(target)
+
+    def _forward(self, source: socket.socket, target: socket.socket, state: dict, upload: bool) -> None:
         source.settimeout(0.1)
         first_of_response = True
         while not self._stop.is_set():
@@ -175,15 +189,14 @@ class FaultProxy:
             if not data:
                 break
             mode = self.mode
-            while mode == "silent" and not self._stop.is_set():
-                time.sleep(0.05)  # went silent mid-stream: hold what was received, forward nothing
-                mode = self.mode
+            if mode == "silent":
+                while self.mode == "silent" and not self._stop.is_set():
+                    time.sleep(0.05)  # went silent mid-stream: hold what was received, forward nothing
+                break  # a connection that went silent never comes back (its client gave up long ago)
             if upload:
                 state["unanswered"] += len(data)
                 if mode == "drop" and state["unanswered"] > self.drop_after:
                     self.dropped += 1
-                    _reset(source)
-                    _reset(target)
                     return
             else:
                 state["unanswered"] = 0
@@ -201,8 +214,6 @@ class FaultProxy:
                     target.sendall(data)
             except OSError:
                 break
-        _reset(source)
-        _reset(target)
 
 
 def _reset(sock: socket.socket) -> None:
