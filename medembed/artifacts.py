@@ -78,6 +78,9 @@ class TrainingInfo:
             values = json.loads(path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: not a model exported by the training stage (no {TRAINING_INFO})") from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: damaged, not valid JSON ({exc}); run the training stage again to export the "
+                             f"model anew") from None
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 

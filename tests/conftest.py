@@ -83,6 +83,33 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return root / "st"
 
 
+def tiny_overrides(model_dir: Path, data: Path, **more) -> dict:
+    """`--set` values for a whole run on the tiny model and make_rows() data (seconds per stage)."""
+    return {"data.data_uri": str(data), "data.max_train_pairs": 0, "data.min_train_pairs": 4,
+            "data.dev_fraction": 0.0, "data.test_fraction": 0.25, "data.num_negatives": 0,
+            "train.base_model": str(model_dir), "train.matryoshka_dims": "64,32", "train.batch_size": 8,
+            "train.warmup_steps": 0, "train.max_seq_length": 32, **more}
+
+
+@pytest.fixture(scope="session")
+def stage_outputs(tmp_path_factory, tiny_model_dir) -> dict:
+    """Prep, training and evaluation run once on the tiny model (in this process): their output folders,
+    for tests of what later stages do with damaged or unusual inputs. Treat them as read-only."""
+    from medembed.config import load_config
+    from medembed.evaluate import stage as evaluate
+    from medembed.prep import stage as prep
+    from medembed.train import stage as train
+
+    root = tmp_path_factory.mktemp("stage-outputs")
+    data = write_jsonl(root / "pairs.jsonl", make_rows())
+    config = load_config("local", tiny_overrides(tiny_model_dir, data, **{"registry.registry_uri": str(root / "registry")}))
+    prep.run(config, root / "train", root / "eval")
+    train.run(config, root / "train", root / "model")
+    evaluate.run(config, root / "eval", root / "model", root / "results")
+    return {"config": config, "train": root / "train", "eval": root / "eval", "model": root / "model",
+            "results": root / "results", "data": data}
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server on 127.0.0.1 with MinIO-style environment variables pointing at it."""

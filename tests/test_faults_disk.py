@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_rows, write_jsonl
+from conftest import make_rows, tiny_overrides as _overrides, write_jsonl
 from faultkit import case, observe, run_on_small_disk
 
 HERE = Path(__file__).resolve().parent
 KIB = 1024
 
 
-def _overrides(model_dir: Path, data: Path, **more) -> dict:
-    return {"data.data_uri": str(data), "data.max_train_pairs": 0, "data.min_train_pairs": 4,
-            "data.dev_fraction": 0.0, "data.test_fraction": 0.25, "data.num_negatives": 0,
-            "train.base_model": str(model_dir), "train.matryoshka_dims": "64,32", "train.batch_size": 8,
-            "train.warmup_steps": 0, "train.max_seq_length": 32, **more}
 
 
 def _env() -> dict:
