@@ -137,7 +137,30 @@ def _run_stage(stage: str, config, folders: list[Path]):
     raise ValueError(stage)
 
 
+def train_watched(overrides: str, train_dir: str, model_dir: str) -> None:
+    """The training stage with a line per finished step on stdout (`STEP n`), so a parent can kill it at
+    a chosen step; at the end one JSON line with the steps this attempt ran."""
+    from transformers import TrainerCallback
+
+    from medembed.config import load_config
+    from medembed.train import stage as train
+
+    ran = []
+
+    class Announce(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            ran.append(state.global_step)
+            print(f"STEP {state.global_step}", flush=True)
+
+    info = train.run(load_config("local", json.loads(overrides)), Path(train_dir), Path(model_dir), run_id="killed-run",
+                     callbacks=[Announce()])
+    print("RESULT " + json.dumps({"steps": info.steps, "resumed_from_step": info.resumed_from_step, "ran": ran}), flush=True)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "train-watched":
+        train_watched(*sys.argv[2:])
+        sys.exit(0)
     if sys.argv[1] == "scenarios":
         scenarios(*sys.argv[2:])
     else:
