@@ -4,6 +4,7 @@ that ran every fault case): each case's fault, the promised behaviour, what was 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import platform
 import subprocess
 from pathlib import Path
@@ -93,7 +94,8 @@ def _git(*args: str) -> str:
 
 
 def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """One table cell: markup shown as text (cases quote <script> and the like), pipes escaped."""
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
 
 
 def write(records: list[dict], figures: dict, seconds: float, command: str, path: Path = REPORT) -> Path:
