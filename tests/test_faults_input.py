@@ -8,6 +8,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def _config(path, **changes):
 
 
 def _fails(tmp_path, config, caplog=None) -> str:
-    with pytest.raises(DataError) as error:
+    with pytest.raises(DataError, match=re.escape(config.data_uri)) as error:  # every message names its input
         _prepare(config, tmp_path / "train", tmp_path / "eval")
     assert not (tmp_path / "train").exists() and not (tmp_path / "eval").exists()
     return str(error.value)

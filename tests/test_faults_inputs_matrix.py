@@ -162,7 +162,7 @@ def _prepare(tmp_path: Path, path: Path, changes: dict):
 def test_a_malformed_input_fails_with_one_message_naming_it(tmp_path, name):
     build, changes, fragments = FAILS[name]
     path = build(tmp_path)
-    with pytest.raises(DataError) as error:
+    with pytest.raises(DataError, match=re.escape(str(path))) as error:
         _prepare(tmp_path, path, changes)
     message = str(error.value)
     assert message.startswith(str(path)), message

@@ -238,7 +238,7 @@ def test_answers_slower_than_the_read_timeout(proxy, tmp_path, delay):
         observe(f"prep read s3://{bucket}/pairs.jsonl through a {delay} s delay per answer in {time.monotonic() - start:.1f} s: "
                 f"{stats.rows_kept} pairs kept")
         return
-    with pytest.raises(DataError) as error:
+    with pytest.raises(DataError, match="sent no answer within 1 s") as error:
         _prep(f"s3://{bucket}/pairs.jsonl", tmp_path / "out")
     waited = time.monotonic() - start
     assert str(error.value).startswith(f"data input s3://{bucket}/pairs.jsonl: cannot look up s3://{bucket}/pairs.jsonl at "
@@ -323,7 +323,7 @@ def test_a_full_object_store_is_named(monkeypatch, tmp_path):
         monkeypatch.setenv(name, value)
     try:
         registry = ModelRegistry(open_store("s3://models/reg"), "medical")
-        with pytest.raises(StorageError) as error:
+        with pytest.raises(StorageError, match="XMinioStorageFull") as error:
             registry.register(fake_model(tmp_path, "m1"), results(WIN), {}, card, refuse())
     finally:
         server.shutdown()

@@ -124,7 +124,7 @@ def test_a_silent_endpoint_ends_in_one_clear_error_within_the_timeout(s3_env, bl
     endpoint = f"http://127.0.0.1:{black_hole.port}"
     s3_env.setenv("MINIO_ENDPOINT", endpoint)
     start = time.monotonic()
-    with pytest.raises(StorageError) as error:
+    with pytest.raises(StorageError, match="sent no answer within 0.5 s") as error:
         call()
     waited = time.monotonic() - start
     assert str(error.value) == (
@@ -142,7 +142,7 @@ def test_a_silent_endpoint_ends_in_one_clear_error_within_the_timeout(s3_env, bl
 def test_prep_on_a_silent_endpoint_fails_with_the_input_named(s3_env, black_hole, tmp_path):
     s3_env.setenv("MINIO_ENDPOINT", f"http://127.0.0.1:{black_hole.port}")
     config = dataclasses.replace(LOCAL.data, data_uri="s3://medembed-data/pairs.jsonl", num_negatives=0)
-    with pytest.raises(DataError) as error:
+    with pytest.raises(DataError, match="^data input s3://medembed-data/pairs.jsonl") as error:
         _prepare(config, tmp_path / "train", tmp_path / "eval")
     message = str(error.value)
     assert message.startswith("data input s3://medembed-data/pairs.jsonl: cannot look up s3://medembed-data/pairs.jsonl")
@@ -158,7 +158,7 @@ def test_a_refused_connection_says_to_check_the_endpoint(s3_env):
         port = sock.getsockname()[1]
     endpoint = f"http://127.0.0.1:{port}"
     s3_env.setenv("MINIO_ENDPOINT", endpoint)
-    with pytest.raises(StorageError) as error:
+    with pytest.raises(StorageError, match="cannot connect") as error:
         open_store("s3://medembed-data/x", create=False).get_bytes("pairs.jsonl")
     assert str(error.value) == (f"cannot read s3://medembed-data/x/pairs.jsonl at {endpoint}: cannot connect (2 attempts, "
                                 "connection refused or host unknown); check MINIO_ENDPOINT and that the server is running")
@@ -175,7 +175,7 @@ def test_a_failing_server_is_retried_then_reported(s3_env):
     try:
         endpoint = f"http://127.0.0.1:{server.server_address[1]}"
         s3_env.setenv("MINIO_ENDPOINT", endpoint)
-        with pytest.raises(StorageError) as error:
+        with pytest.raises(StorageError, match="the server kept failing") as error:
             open_store("s3://bucket/p", create=False).get_bytes("k")
     finally:
         server.shutdown()
@@ -190,7 +190,7 @@ def test_a_failing_server_is_retried_then_reported(s3_env):
       promise='one error naming the bucket and endpoint and how to create it (no S3Error resource: None)')
 def test_a_missing_bucket_is_named_with_its_endpoint(s3_endpoint, tmp_path):
     endpoint = s3_endpoint["MINIO_ENDPOINT"]
-    with pytest.raises(StorageError) as error:
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist") as error:
         open_store("s3://no-such-bucket/reg", create=False).get_bytes("aliases/champion.json")
     assert str(error.value) == (
         f"cannot read s3://no-such-bucket/reg/aliases/champion.json at {endpoint}: bucket 'no-such-bucket' does not exist "
@@ -213,7 +213,7 @@ def test_an_invalid_bucket_name_is_explained(s3_endpoint):
       promise='one StorageError naming the key, with what to check')
 def test_a_missing_key_is_named(s3_endpoint):
     store = open_store("s3://medembed-faults/reg")
-    with pytest.raises(StorageError) as error:
+    with pytest.raises(StorageError, match="no such object") as error:
         store.get_bytes("v0001/metrics.json")
     assert str(error.value) == (
         f"cannot read s3://medembed-faults/reg/v0001/metrics.json at {s3_endpoint['MINIO_ENDPOINT']}: no such object; "
