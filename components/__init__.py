@@ -12,6 +12,7 @@ from kfp import dsl
 from .changes import check_changes, keep_champion
 from .evaluate import evaluate_models
 from .prep import prep_data
+from .record import record_run
 from .register import register_model
 from .resolve import resolve_config
 from .snapshot import snapshot_data
@@ -27,6 +28,7 @@ class Stages(NamedTuple):
     train_model: dsl.base_component.BaseComponent
     evaluate_models: dsl.base_component.BaseComponent
     register_model: dsl.base_component.BaseComponent
+    record_run: dsl.base_component.BaseComponent
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,7 +38,7 @@ def for_image(image: str) -> Stages:
         return dsl.component(func, base_image=image, install_kfp_package=False)
 
     return Stages(*(component(f) for f in (resolve_config, snapshot_data, prep_data, check_changes, keep_champion,
-                                           train_model, evaluate_models, register_model)))
+                                           train_model, evaluate_models, register_model, record_run)))
 
 
 __all__ = ["Stages", "for_image"]

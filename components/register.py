@@ -9,6 +9,7 @@ def register_model(
     results: Input[Artifact],
     train_data: Input[Dataset],
     pipeline_run: str,
+    run_id: str,
     model_card: Output[Markdown],
     gate_decision: Output[Markdown],
 ) -> NamedTuple("Registration", [("version", int), ("model_uri", str), ("promoted", bool)]):
@@ -21,7 +22,7 @@ def register_model(
     from medembed.register import stage
 
     registration = stage.run(PipelineConfig.from_dict(config), Path(model.path), Path(results.path),
-                             Path(train_data.path), pipeline_run)
+                             Path(train_data.path), pipeline_run, run_id=run_id)
     Path(model_card.path).write_text(registration["model_card"])
     Path(gate_decision.path).write_text(registration["decision"])
     outputs = namedtuple("Registration", ["version", "model_uri", "promoted"])

@@ -14,6 +14,7 @@ def resolve_config(
     force_retrain: bool,
     registry_uri: str,
     model_name: str,
+    notify_url: str,
     resolved_config: Output[Markdown],
 ) -> dict:
     """The run's configuration, once: the compiled profile, then the run form's named parameters

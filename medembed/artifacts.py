@@ -127,6 +127,21 @@ def ir_files(folder: Path) -> list[Path]:
     return [Path(folder) / QUERIES_FILE, Path(folder) / CORPUS_FILE, Path(folder) / QRELS_FILE]
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_checksums(folder: Path) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of every file under `folder`: what a copy must match."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def fingerprint(paths: list[Path]) -> str:
     """SHA-256 over file names and contents: the identity of a dataset as stages see it."""
     digest = hashlib.sha256()

@@ -196,6 +196,7 @@ class DataConfig(_Section):
 TRAIN_OPERATIONAL_FIELDS = frozenset({
     "checkpoint_uri", "checkpoint_steps", "checkpoint_keep", "dataloader_workers", "packed_attention",
     "compile_layers", "mini_batch_size", "mini_batch_tokens", "sort_by_length", "num_processes", "force_retrain",
+    "keep_checkpoints",
 })
 
 
@@ -256,6 +257,9 @@ class TrainConfig(_Section):
     # Train even when the prepared data, base model and training settings equal the champion's
     # (by default such a run says so and stops after data prep).
     force_retrain: bool = False
+    # Keep a run's checkpoints after its model is registered (default: deleted then; the checkpoint
+    # bucket's expiry rule removes those of runs that never got that far).
+    keep_checkpoints: bool = False
 
     def __post_init__(self):
         self._non_empty("base_model")
@@ -356,6 +360,8 @@ class RegistryConfig(_Section):
     min_ndcg_gain: float = 0.0
     # Dims the gate checks (() = every Matryoshka dim); e.g. only the dims your index uses.
     gate_dims: tuple[int, ...] = ()
+    # When a run ends (succeeded or failed), POST a JSON summary here (a chat or incident webhook; "" = none).
+    notify_url: str = ""
 
     def __post_init__(self):
         self._non_empty("registry_uri")
@@ -378,10 +384,26 @@ class ClusterConfig(_Section):
     gpu_node_selector: tuple[tuple[str, str], ...] = (("cloud.google.com/gke-nodepool", "gpu-pool"),)
     gpu_toleration_key: str = "nvidia.com/gpu"
     gpu_toleration_effect: str = "NoSchedule"
+    # Requests and limits of the model-running tasks (prep when it mines, training, evaluation) and of
+    # the CPU tasks (prep without mining, registration); memory limits equal requests (no overcommit).
     train_cpu: str = "8"
+    train_cpu_limit: str = "16"
     train_memory: str = "64Gi"
     cpu_task_cpu: str = "4"
+    cpu_task_cpu_limit: str = "8"
     cpu_task_memory: str = "16Gi"
+    # Scratch disk per model-running task (a generic ephemeral volume at /scratch, TMPDIR): model
+    # copies, checkpoints, encodings. storage class "" = the cluster's default.
+    scratch_size: str = "200Gi"
+    scratch_storage_class: str = ""
+    # Shared memory for DataLoader workers on GPU tasks (an in-memory /dev/shm; containers get 64 MB).
+    shm_size: str = "16Gi"
+    # A ReadWriteMany PVC where base models from s3:// are cached for every task ("" = each task
+    # downloads into its scratch volume). manifests/ creates it.
+    model_cache_pvc: str = "medembed-model-cache"
+    # Wall-clock limits: a hung task fails instead of holding a GPU for days.
+    train_timeout_s: int = 86_400
+    task_timeout_s: int = 4 * 3600
     minio_secret: str = "medembed-minio"
     minio_endpoint: str = "minio.medembed.svc.cluster.local:9000"
     minio_secure: bool = False
@@ -395,10 +417,14 @@ class ClusterConfig(_Section):
         if any(not key.strip() or not value.strip() for key, value in self.gpu_node_selector):
             self._fail("gpu_node_selector", "entries must be label=value with both parts non-empty")
         self._one_of("gpu_toleration_effect", TOLERATION_EFFECTS)
-        for name in ("train_cpu", "cpu_task_cpu"):
+        for name in ("train_cpu", "train_cpu_limit", "cpu_task_cpu", "cpu_task_cpu_limit"):
             self._matches(name, CPU_QUANTITY, "must be a Kubernetes CPU quantity, e.g. 4 or 500m")
-        for name in ("train_memory", "cpu_task_memory"):
+        for name in ("train_memory", "cpu_task_memory", "scratch_size", "shm_size"):
             self._matches(name, MEMORY_QUANTITY, "must be a Kubernetes memory quantity, e.g. 64Gi or 64G")
+        if self.model_cache_pvc:
+            self._matches("model_cache_pvc", r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", "must be a PVC name, or empty")
+        self._at_least("train_timeout_s", 60)
+        self._at_least("task_timeout_s", 60)
         self._matches("minio_secret", r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", "must be a Kubernetes Secret name (lowercase, digits, '-', '.')")
         self._at_least("train_retries", 0)
 
@@ -421,6 +447,7 @@ RUN_PARAMETERS: dict[str, str] = {
     "force_retrain": "train.force_retrain",
     "registry_uri": "registry.registry_uri",
     "model_name": "registry.model_name",
+    "notify_url": "registry.notify_url",
 }
 # Fixed when compiling: Kubernetes placement cannot change per run.
 COMPILE_TIME_SECTIONS = ("cluster",)
@@ -546,11 +573,15 @@ LOCAL = PipelineConfig(
     registry=RegistryConfig(registry_uri="registry"),
 )
 
+# Where `medembed models import-base intfloat/multilingual-e5-large ...` puts the production base model:
+# no pipeline task downloads from a model hub.
+E5_LARGE_MIRROR = "s3://medembed-registry/base-models/intfloat/multilingual-e5-large"
+
 CLUSTER = PipelineConfig(
     profile="cluster",
     data=DataConfig(data_uri="s3://medembed-data/medquad/medquad.jsonl.gz"),
     # Pre-emptible GPU nodes: checkpoints in MinIO, one folder per pipeline run.
-    train=TrainConfig(checkpoint_uri="s3://medembed-checkpoints/train"),
+    train=TrainConfig(base_model=E5_LARGE_MIRROR, checkpoint_uri="s3://medembed-checkpoints/train"),
     eval=EvalConfig(batch_size=256),
     registry=RegistryConfig(registry_uri="s3://medembed-registry/models"),
 )

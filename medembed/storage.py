@@ -159,9 +159,9 @@ class LocalStore:
 
     def upload_dir(self, local_dir: Path, prefix: str) -> int:
         target = self._path(prefix)
-        if target.exists():
+        if prefix.strip("/") and target.exists():  # replace the prefix's files; never the whole store
             shutil.rmtree(target)
-        shutil.copytree(local_dir, target)
+        shutil.copytree(local_dir, target, dirs_exist_ok=True)
         return sum(1 for p in target.rglob("*") if p.is_file())
 
     def download_dir(self, prefix: str, local_dir: Path) -> int:
@@ -289,18 +289,20 @@ class ObjectStore:
 
     def upload_dir(self, local_dir: Path, prefix: str) -> int:
         count = 0
+        base = prefix.strip("/")
         for path in sorted(Path(local_dir).rglob("*")):
             if path.is_file():
-                rel = path.relative_to(local_dir).as_posix()
-                with self._calls("upload", f"{prefix}/{rel}"):
-                    self.client.fput_object(self.bucket, self._key(f"{prefix}/{rel}"), str(path))
+                key = f"{base}/{path.relative_to(local_dir).as_posix()}" if base else path.relative_to(local_dir).as_posix()
+                with self._calls("upload", key):
+                    self.client.fput_object(self.bucket, self._key(key), str(path))
                 count += 1
         return count
 
     def download_dir(self, prefix: str, local_dir: Path) -> int:
-        keys = self.list(prefix.rstrip("/") + "/")
+        base = prefix.strip("/")
+        keys = self.list(f"{base}/" if base else "")
         for key in keys:
-            self.download_file(key, Path(local_dir) / key[len(prefix.rstrip("/")) + 1 :])
+            self.download_file(key, Path(local_dir) / (key[len(base) + 1 :] if base else key))
         return len(keys)
 
     def delete_prefix(self, prefix: str) -> None:

@@ -2,11 +2,12 @@
 `kfp.Client` (its request serialisation and response parsing are what the tests exercise):
 
     healthz; pipelines (list by name, upload, upload_version, versions); experiments; runs (create, list,
-    get, terminate); recurring runs (create, list).
+    get, terminate); recurring runs (create, list with filter, get, enable, disable, delete).
 
 State is in memory. A run's answers to GET can be scripted: `script_next_run([snapshot, ...])` makes the
 next created run answer each GET with the next snapshot (the last one repeats), so waiting, progress and
-failures can be played back. Not collected by pytest (no test_ prefix).
+failures can be played back. `component()` and `group()` build the task details KFP reports for the
+pipeline's container tasks and its sub-DAGs (condition branches). Not collected by pytest (no test_ prefix).
 """
 
 from __future__ import annotations
@@ -42,6 +43,21 @@ def task(name: str, state: str, start: int | None = None, end: int | None = None
     return detail
 
 
+def component(name: str, state: str, start: int | None = None, end: int | None = None, message: str | None = None,
+              pods: tuple[str, ...] = ()) -> list[dict]:
+    """A container task as KFP's Argo compiler runs it: the task's driver node, the task node and its
+    executor pod node (KFP reports all three)."""
+    return [task(f"{name}-driver", "SUCCEEDED", start, start),
+            task(name, state, start, end, message=message, pods=pods),
+            task("executor", state, start, end)]
+
+
+def group(name: str, state: str, start: int | None = None, end: int | None = None) -> list[dict]:
+    """A sub-DAG task (`condition-branches-1`, or a dsl.If/Else branch `condition-2`): its driver and its DAG
+    node. A branch whose condition was false is SKIPPED (Argo's `when`), and no node exists inside it."""
+    return [task(f"{name}-driver", "SUCCEEDED", start, start), task(name, state, start, end)]
+
+
 class FakeKfp:
     def __init__(self, multi_user: bool = True):
         self.multi_user = multi_user
@@ -55,6 +71,7 @@ class FakeKfp:
         self.scripts: dict[str, list[dict]] = {}
         self._next_script: list[dict] | None = None
         self.required_token: str | None = None  # answer 401 unless "Bearer <token>" is sent
+        self.fail_deletes = False  # answer DELETE of a recurring run with HTTP 500
         self.redirect_to_login = False  # answer every request with a 302 to a login page
         self.url = ""
         self._clock = itertools.count(1)
@@ -73,6 +90,18 @@ class FakeKfp:
                              "experiment_id": experiment_id or "", "created_at": timestamp(n),
                              "finished_at": EPOCH, **extra}
         return run_id
+
+    def add_recurring_run(self, name: str, experiment_id: str, cron: str = "0 0 3 * * *", enabled: bool = True,
+                          **extra) -> str:
+        """A recurring run as KFP stores it (e.g. one made earlier, by hand or by an older medembed)."""
+        recurring_id = str(uuid.uuid4())
+        self.recurring_runs[recurring_id] = {
+            "recurring_run_id": recurring_id, "display_name": name, "experiment_id": experiment_id,
+            "namespace": self.experiments.get(experiment_id, {}).get("namespace", ""),
+            "trigger": {"cron_schedule": {"cron": cron}}, "mode": "ENABLE" if enabled else "DISABLE",
+            "status": "ENABLED" if enabled else "DISABLED", "max_concurrency": "1", "no_catchup": True,
+            "created_at": timestamp(next(self._clock)), **extra}
+        return recurring_id
 
     def script_next_run(self, snapshots: list[dict]) -> None:
         self._next_script = list(snapshots)
@@ -187,9 +216,37 @@ def _handler(state: FakeKfp):
                     return self._not_found(f"run {parts[1]}")
                 return self._reply(state.run_view(parts[1]))
             if parts == ["recurringruns"]:
+                # As KFP's ListRecurringRuns: by experiment, else by namespace; a display_name filter.
                 found = list(state.recurring_runs.values())
+                if "experiment_id" in query:
+                    found = [r for r in found if r["experiment_id"] == query["experiment_id"][0]]
+                elif "namespace" in query:
+                    found = [r for r in found if r.get("namespace", "") == query["namespace"][0]]
+                wanted = _name_filter(query)
+                found = [r for r in found if not wanted or r["display_name"] in wanted]
+                found.sort(key=lambda r: r["created_at"])
+                # KFP's proto names this field recurringRuns (not snake_case like the others).
                 return self._reply({"recurringRuns": found, "total_size": len(found)} if found else {})
+            if len(parts) == 2 and parts[0] == "recurringruns":
+                if parts[1] not in state.recurring_runs:
+                    return self._not_found(f"recurring run {parts[1]}")
+                return self._reply(state.recurring_runs[parts[1]])
             self._reply({"error": f"not implemented: GET {path}", "code": 12}, 501)
+
+        def do_DELETE(self):
+            path, _, _, _ = self._record()
+            if not self._guard():
+                return
+            parts = path[len(API):].strip("/").split("/")
+            if len(parts) == 2 and parts[0] == "recurringruns":
+                if parts[1] not in state.recurring_runs:
+                    return self._not_found(f"recurring run {parts[1]}")
+                if state.fail_deletes:
+                    return self._reply({"error": "database is locked", "message": "database is locked", "code": 13},
+                                       500)
+                del state.recurring_runs[parts[1]]
+                return self._reply({})
+            self._reply({"error": f"not implemented: DELETE {path}", "code": 12}, 501)
 
         def do_POST(self):
             path, query, body, content_type = self._record()
@@ -243,8 +300,19 @@ def _handler(state: FakeKfp):
                 return self._reply({})
             if parts == ["recurringruns"]:
                 recurring_id = str(uuid.uuid4())
-                state.recurring_runs[recurring_id] = {**body, "recurring_run_id": recurring_id, "status": "ENABLED"}
+                enabled = body.get("mode", "ENABLE") == "ENABLE"
+                namespace = state.experiments.get(body.get("experiment_id", ""), {}).get("namespace", "")
+                state.recurring_runs[recurring_id] = {
+                    **body, "recurring_run_id": recurring_id, "namespace": namespace,
+                    "status": "ENABLED" if enabled else "DISABLED", "created_at": timestamp(next(state._clock))}
                 return self._reply(state.recurring_runs[recurring_id])
+            if len(parts) == 2 and parts[0] == "recurringruns" and parts[1].endswith((":enable", ":disable")):
+                recurring_id, _, action = parts[1].partition(":")
+                if recurring_id not in state.recurring_runs:
+                    return self._not_found(f"recurring run {recurring_id}")
+                job = state.recurring_runs[recurring_id]
+                job["mode"], job["status"] = ("ENABLE", "ENABLED") if action == "enable" else ("DISABLE", "DISABLED")
+                return self._reply({})
             self._reply({"error": f"not implemented: POST {path}", "code": 12}, 501)
 
     return Handler

@@ -2,8 +2,9 @@
 
 The server (tests/fake_kfp.py) is a stdlib `http.server` speaking the `/apis/v2beta1/*` paths of the REAL
 `kfp.Client` (so its serialisation of pipeline uploads, runs and recurring runs is what we check). `submit`
-uploads the compiled spec as a new pipeline version and runs that version; `schedule` embeds the spec in
-the recurring run. The cluster commands themselves are tested in test_cluster_*.py.
+uploads the compiled spec as a new pipeline version and runs that version; `schedule` does the same for a
+recurring run and replaces the one of the same name. The cluster commands themselves are tested in
+test_cluster_*.py.
 """
 
 from __future__ import annotations
@@ -83,9 +84,17 @@ def test_submit_sends_gpu_pipeline_and_typed_params(kfp_server, tmp_path, capsys
     assert "run: " in capsys.readouterr().out
 
 
+def _containers(spec: dict) -> dict[str, dict]:
+    """The tasks that run a container, at the root and inside the condition branches (sub-DAGs)."""
+    components = spec["components"]
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in components.values() if "dag" in c]
+    return {name: task for dag in dags for name, task in dag["tasks"].items()
+            if "dag" not in components[task["componentRef"]["name"]]}
+
+
 def _cached(body: dict) -> dict[str, bool]:
-    tasks = _spec(body)[0]["root"]["dag"]["tasks"]
-    return {name: bool(task.get("cachingOptions", {}).get("enableCache")) for name, task in tasks.items()}
+    return {name: bool(task.get("cachingOptions", {}).get("enableCache"))
+            for name, task in _containers(_spec(body)[0]).items()}
 
 
 def test_submit_keeps_registration_uncached_unless_no_cache(kfp_server, tmp_path):
@@ -99,21 +108,25 @@ def test_submit_keeps_registration_uncached_unless_no_cache(kfp_server, tmp_path
     compiled = next(yaml.safe_load_all((tmp_path / "a.yaml").read_text()))
     default_version = _version(kfp_server, default_run)
     assert _cached(default_version) == {name: bool(task.get("cachingOptions", {}).get("enableCache"))
-                                        for name, task in compiled["root"]["dag"]["tasks"].items()}
-    assert _cached(default_version)["register-model"] is False
-    assert _cached(default_version)["train-model"] is True
-    assert not any(_cached(_version(kfp_server, no_cache_run)).values())
+                                        for name, task in _containers(compiled).items()}
+    # Training, evaluation and registration sit in the "retrain" branch; the change check is never cached.
+    assert _cached(default_version) == {
+        "resolve-config": True, "snapshot-data": False, "prep-data": True, "check-changes": False,
+        "train-model": True, "evaluate-models": False, "register-model": False, "keep-champion": True,
+        "record-run": True}
+    no_cache = _cached(_version(kfp_server, no_cache_run))
+    assert set(no_cache) == set(_cached(default_version)) and not any(no_cache.values())
     # Second submission found the experiment the first one created, and added a version to the same pipeline.
     assert len(kfp_server.posted("/experiments")) == 1
     assert len(kfp_server.pipelines) == 1
 
 
-def test_schedule_creates_recurring_run(kfp_server, tmp_path, capsys):
+def test_schedule_creates_a_recurring_run_of_an_uploaded_version_and_twice_keeps_one(kfp_server, tmp_path, capsys):
     experiment_id = kfp_server.add_experiment("medical-embeddings")  # exists already: reused
-    rc = cli.main(["schedule", "--host", kfp_server.url, "--output", str(tmp_path / "pipeline.yaml"),
-                   "--cron", "0 0 2 * * *", "--name", "nightly-retrain", "--param", "epochs=2",
-                   "--param", "data_uri=s3://medembed-data/medquad/v2.jsonl.gz"])
-    assert rc == 0
+    argv = ["schedule", "--host", kfp_server.url, "--output", str(tmp_path / "pipeline.yaml"),
+            "--cron", "0 0 2 * * *", "--name", "nightly-retrain", "--param", "epochs=2",
+            "--param", "data_uri=s3://medembed-data/medquad/v2.jsonl.gz"]
+    assert cli.main(argv) == 0
     assert kfp_server.posted("/experiments") == []
     (job,) = kfp_server.posted("/recurringruns")
     assert job["experiment_id"] == experiment_id
@@ -123,9 +136,20 @@ def test_schedule_creates_recurring_run(kfp_server, tmp_path, capsys):
     assert job["no_catchup"] is True
     assert job["mode"] == "ENABLE"
     assert job["runtime_config"]["parameters"] == {"epochs": 2, "data_uri": "s3://medembed-data/medquad/v2.jsonl.gz"}
-    _assert_gpu_training(job)
-    assert _cached(job)["register-model"] is False
-    assert "recurring run: " in capsys.readouterr().out
+    # The recurring run references the uploaded version (no embedded spec): the compiled GPU pipeline.
+    assert not job.get("pipeline_spec")
+    version = _version(kfp_server, job)
+    _assert_gpu_training(version)
+    assert _cached(version)["register-model"] is False
+    assert kfp_server.uploads[-1]["content"] == (tmp_path / "pipeline.yaml").read_text()
+    assert "recurring run: nightly-retrain (" in capsys.readouterr().out
+
+    assert cli.main(argv) == 0  # again: replaced, not duplicated
+    (remaining,) = kfp_server.recurring_runs.values()
+    assert remaining["display_name"] == "nightly-retrain"
+    assert remaining["pipeline_version_reference"]["pipeline_version_id"] != job["pipeline_version_reference"][
+        "pipeline_version_id"]
+    assert "replaced: " in capsys.readouterr().out
 
 
 def test_schedule_rejects_five_field_cron_before_contacting_kfp(kfp_server, tmp_path):
@@ -148,7 +172,7 @@ def test_bad_param_is_a_usage_error(kfp_server, tmp_path, capsys):
     assert kfp_server.posted("/runs") == []
 
 
-@pytest.mark.parametrize("argv", [["submit"], ["runs", "list"]])
+@pytest.mark.parametrize("argv", [["submit"], ["runs", "list"], ["schedules", "list"]])
 def test_nothing_listening_is_one_line_and_a_non_zero_exit(argv, tmp_path):
     """The console script as a user runs it: no FutureWarning, no retry warnings, no traceback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KF_PIPELINES_")}

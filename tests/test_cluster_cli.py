@@ -10,11 +10,12 @@ import tempfile
 
 import pytest
 
-from fake_kfp import KfpServer, task, timestamp
+from fake_kfp import KfpServer, component, group, timestamp
 from medembed import cli
 from medembed.cluster import PROFILE_NAMESPACE, commands
 from test_cluster_preflight import buckets, cluster  # noqa: F401 - fixtures: moto buckets, fake Kubernetes
-from test_cluster_runs import isolated_kfp  # noqa: F401 - autouse: no KFP context/env leaks in
+from test_cluster_runs import group_keys, isolated_kfp, package  # noqa: F401 - sub-DAG keys; autouse: no KFP
+# context/env leaks in; the compiled pipeline (the same package the CLI compiles: cluster profile)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,17 +47,27 @@ def temp_dir(tmp_path, monkeypatch):
     return folder
 
 
-def _finishing(final: str) -> list[dict]:
+def _finishing(package, final: str) -> list[dict]:
+    """A run of the real graph that retrains: prep running, then training (inside the "retrain" branch)
+    ending as `final`, then the exit handler records the run."""
+    g = group_keys(package)
     train = "SUCCEEDED" if final == "SUCCEEDED" else "FAILED"
-    config = task("resolve-config", "SUCCEEDED", 0, 1)
-    return [{"state": "RUNNING", "run_details": {"task_details": [config, task("prep-data", "RUNNING", 1)]}},
-            {"state": final, "finished_at": timestamp(400), "run_details": {"task_details": [
-                config, task("prep-data", "SUCCEEDED", 1, 60),
-                task("train-model", train, 61, 300, message=None if train == "SUCCEEDED" else "CUDA out of memory")]}}]
+    head = [*group(g["exit"], "RUNNING", 0), *component("resolve-config", "SUCCEEDED", 0, 1),
+            *component("snapshot-data", "SUCCEEDED", 1, 2)]
+    branch = "SUCCEEDED" if train == "SUCCEEDED" else "FAILED"
+    end = head + [*component("prep-data", "SUCCEEDED", 2, 60), *component("check-changes", "SUCCEEDED", 60, 61),
+                  *group(g["branches"], branch, 61, 390), *group(g["retrain"], branch, 61, 390),
+                  *group(g["unchanged"], "SKIPPED", 61, 61),
+                  *component("train-model", train, 62, 300, message=None if train == "SUCCEEDED" else "CUDA out of memory")]
+    if train == "SUCCEEDED":
+        end += [*component("evaluate-models", "SUCCEEDED", 300, 380), *component("register-model", "SUCCEEDED", 380, 390)]
+    end += component("record-run", "SUCCEEDED", 391, 400)
+    return [{"state": "RUNNING", "run_details": {"task_details": head + component("prep-data", "RUNNING", 2)}},
+            {"state": final, "finished_at": timestamp(400), "run_details": {"task_details": end}}]
 
 
-def test_submit_wait_uploads_runs_follows_and_exits_with_the_outcome(kfp_api, temp_dir, tmp_path):
-    kfp_api.script_next_run(_finishing("SUCCEEDED"))
+def test_submit_wait_uploads_runs_follows_and_exits_with_the_outcome(kfp_api, temp_dir, tmp_path, package):
+    kfp_api.script_next_run(_finishing(package, "SUCCEEDED"))
     code, out, err = _cli("submit", "--host", kfp_api.url, "--skip-preflight", "--wait", "--interval", "0",
                           "--param", "epochs=3", "--param", "matryoshka_dims=[768,256]", "--run-name", "e5-trial",
                           "--set", "train.lora_r=8", "--set", "cluster.train_memory=80Gi",
@@ -78,11 +89,13 @@ def test_submit_wait_uploads_runs_follows_and_exits_with_the_outcome(kfp_api, te
     assert list(temp_dir.iterdir()) == []  # the compiled file went with its temporary folder
 
 
-def test_submit_wait_on_a_failing_run_names_the_task_and_exits_1(kfp_api, temp_dir):
-    kfp_api.script_next_run(_finishing("FAILED"))
+def test_submit_wait_on_a_failing_run_names_the_task_and_exits_1(kfp_api, temp_dir, package):
+    kfp_api.script_next_run(_finishing(package, "FAILED"))
     code, out, err = _cli("submit", "--host", kfp_api.url, "--skip-preflight", "--wait", "--interval", "0")
     assert code == 1 and err == ""
     assert "failed task: GPU training (train-model): CUDA out of memory" in out
+    assert "GPU training: FAILED" in out  # the live progress names it too
+    assert "branches: retrain FAILED, unchanged SKIPPED" in out
     assert "logs: kubectl -n kubeflow-user-example-com logs -l pipeline/runid=" in out
     assert list(temp_dir.iterdir()) == []
 
@@ -92,6 +105,7 @@ def test_submit_runs_preflight_first_and_stops_on_a_failure(kfp_api, cluster, bu
     storage = ["--set", f"data.data_uri=s3://{names['data']}/medquad/medquad.jsonl.gz",
                "--set", f"registry.registry_uri=s3://{names['registry']}/models",
                "--set", f"train.checkpoint_uri=s3://{names['checkpoints']}/train",
+               "--set", f"train.base_model=s3://{names['registry']}/base-models/e5",  # imported by the fixture
                "--pipeline-root", f"s3://{names['artifacts']}/pipelines",
                "--kubeconfig", str(cluster.kubeconfig(tmp_path / "kubeconfig")),
                "--minio-endpoint", buckets["endpoint"]]
@@ -123,6 +137,7 @@ def test_preflight_command_exit_codes(kfp_api, cluster, buckets, tmp_path):
             "--set", f"data.data_uri=s3://{names['data']}/medquad/medquad.jsonl.gz",
             "--set", f"registry.registry_uri=s3://{names['registry']}/models",
             "--set", f"train.checkpoint_uri=s3://{names['checkpoints']}/train",
+            "--set", f"train.base_model=s3://{names['registry']}/base-models/e5",  # imported by the fixture
             "--pipeline-root", f"s3://{names['artifacts']}/pipelines"]
     code, out, _ = _cli(*args)
     assert code == 0 and out.rstrip().endswith("0 failed, 0 warnings)")

@@ -40,8 +40,10 @@ def buckets(s3_endpoint):
     for name in names.values():
         client.make_bucket(name)
     client.put_object(names["data"], "medquad/medquad.jsonl.gz", io.BytesIO(b"{}\n"), 3)
+    client.put_object(names["registry"], "base-models/e5/medembed-base-model.json", io.BytesIO(b"{}"), 2)
     config = load_config("cluster").override({
         "data.data_uri": f"s3://{names['data']}/medquad/medquad.jsonl.gz",
+        "train.base_model": f"s3://{names['registry']}/base-models/e5",
         "registry.registry_uri": f"s3://{names['registry']}/models",
         "train.checkpoint_uri": f"s3://{names['checkpoints']}/train"})
     target = preflight.PreflightTarget.from_config(config, pipeline_root=f"s3://{names['artifacts']}/pipelines")
@@ -90,10 +92,10 @@ def test_healthy_cluster_passes_every_check_without_showing_secrets(cluster, buc
         ("KFP API", PASS), ("Kubernetes API", PASS), ("namespace", PASS), ("Secret medembed-minio", PASS),
         ("kfp-launcher", PASS), ("GPU nodes", PASS), ("MinIO", PASS),
         *[(f"bucket {buckets['names'][k]}", PASS) for k in ("data", "registry", "checkpoints", "artifacts")],
-        ("data", PASS)]
+        ("data", PASS), ("base model", PASS)]
     assert preflight.passed(checks)
     text = preflight.format_checks(checks)
-    assert "fix:" not in text and text.endswith("preflight: ok (12 checks, 0 failed, 0 warnings)")
+    assert "fix:" not in text and text.endswith("preflight: ok (13 checks, 0 failed, 0 warnings)")
     assert "1 of 1 node(s) with cloud.google.com/gke-nodepool=gpu-pool usable: gke-h200-1 (8 nvidia.com/gpu)" in text
     assert KEYS["secretkey"] not in text and KEYS["accesskey"] not in text
     # Read-only towards Kubernetes; the test objects written to MinIO were deleted again.
@@ -288,6 +290,15 @@ def test_data_folder_and_local_path(cluster, buckets, tmp_path):
     local = dataclasses.replace(buckets["target"], data_uri="/home/me/medquad.jsonl")
     check = _only_failure(_run(cluster, local, tmp_path, endpoint=buckets["endpoint"]), "data")
     assert "local path" in check.detail and "data.data_uri=s3://" in check.fix
+
+
+def test_base_model_not_imported_or_from_a_hub(cluster, buckets, tmp_path):
+    missing = dataclasses.replace(buckets["target"], base_model=f"s3://{buckets['names']['registry']}/base-models/none")
+    check = _only_failure(_run(cluster, missing, tmp_path, endpoint=buckets["endpoint"]), "base model")
+    assert "holds no imported model" in check.detail and check.fix.startswith("from a machine with hub access: medembed models import-base")
+    hub = dataclasses.replace(buckets["target"], base_model="intfloat/multilingual-e5-large")
+    check = _only_failure(_run(cluster, hub, tmp_path, endpoint=buckets["endpoint"]), "base model", status="WARN")
+    assert "model hub" in check.detail and "import-base intfloat/multilingual-e5-large" in check.fix
 
 
 def test_unhealthy_kfp_api(cluster, buckets, tmp_path):

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import yaml
 
-from fake_kfp import KfpServer, FakeKfp, task, timestamp
+from fake_kfp import KfpServer, FakeKfp, component, group, task, timestamp
 from medembed.cluster import PROFILE_NAMESPACE, runs
 from medembed.config import load_config
 
@@ -136,10 +136,37 @@ def test_pipeline_root_and_caching_choice_reach_kfp(kfp_api, package, tmp_path):
     runs.submit(session, copy, experiment="e", run_name="r", pipeline_root="s3://medembed-artifacts/pipelines")
     (run,) = kfp_api.posted("/runs")
     assert run["runtime_config"]["pipeline_root"] == "s3://medembed-artifacts/pipelines"
-    uploaded = next(yaml.safe_load_all(kfp_api.uploads[-1]["content"]))
-    assert all(not t.get("cachingOptions") for t in uploaded["root"]["dag"]["tasks"].values())
-    compiled = next(yaml.safe_load_all(package.read_text()))
-    assert compiled["root"]["dag"]["tasks"]["train-model"]["cachingOptions"]["enableCache"] is True
+    uploaded = _all_tasks(next(yaml.safe_load_all(kfp_api.uploads[-1]["content"])))
+    compiled = _all_tasks(next(yaml.safe_load_all(package.read_text())))
+    # Training sits inside the "retrain" branch (a sub-DAG): caching is off there too, not only at the root.
+    assert compiled["train-model"]["cachingOptions"]["enableCache"] is True
+    assert compiled["prep-data"]["cachingOptions"]["enableCache"] is True
+    containers = {"resolve-config", "snapshot-data", "prep-data", "check-changes", "train-model", "evaluate-models",
+                  "register-model", "keep-champion", "record-run"}
+    assert containers <= set(uploaded)
+    assert all(not uploaded[name].get("cachingOptions") for name in containers)
+    # The branch groups themselves are left as the compiler made them.
+    assert {k: v for k, v in uploaded.items() if k not in containers} == {
+        k: v for k, v in compiled.items() if k not in containers}
+
+
+def _all_tasks(spec: dict) -> dict[str, dict]:
+    """Every task of a compiled pipeline: the root DAG's and those of its sub-DAGs (condition branches)."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return {name: t for dag in dags for name, t in dag["tasks"].items()}
+
+
+def group_keys(package) -> dict[str, str]:
+    """The compiler's keys of the pipeline's sub-DAG tasks (its Argo node names), by role: "exit" (the exit
+    handler around the run), "branches" (the If/Else pair), "retrain" and "unchanged" (the two branches)."""
+    spec = next(yaml.safe_load_all(package.read_text()))
+    groups = {t["taskInfo"]["name"]: key for key, t in _all_tasks(spec).items()
+              if "dag" in spec["components"][t["componentRef"]["name"]]}
+    keys = {"retrain": groups.pop("retrain"), "unchanged": groups.pop("unchanged"),
+            "branches": next(k for k in groups.values() if k.startswith("condition-branches-")),
+            "exit": next(k for k in groups.values() if k.startswith("exit-handler-"))}
+    assert len(groups) == 2, groups  # nothing else is grouped
+    return keys
 
 
 def test_kfp_client_chatter_is_hidden(kfp_api, package, capsys):
@@ -156,20 +183,23 @@ def test_kfp_client_chatter_is_hidden(kfp_api, package, capsys):
 # --- run reports ----------------------------------------------------------------------------------------
 
 def _failed_run(kfp_api: FakeKfp, package, task_message: str | None) -> str:
-    """A run of an uploaded version whose GPU training failed: the Argo nodes KFP reports, drivers included."""
+    """A run of an uploaded version whose GPU training, inside the "retrain" branch, failed: the Argo nodes
+    KFP reports (drivers, executors, the branch groups) for the real pipeline's graph."""
     session = _session(kfp_api)
     sub = runs.submit(session, package, experiment="e", run_name="nightly")
+    g = group_keys(package)
     nodes = [task("medical-embedding-finetune-x7k2p", "FAILED", 0, 300),
              task("root-driver", "SUCCEEDED", 0, 5), task("root", "FAILED", 5, 300),
-             task("resolve-config-driver", "SUCCEEDED", 1, 2), task("resolve-config", "SUCCEEDED", 2, 5),
-             task("executor", "SUCCEEDED", 2, 5),
-             task("prep-data-driver", "SUCCEEDED", 5, 10),
-             task("prep-data", "SUCCEEDED", 10, 70, pods=("medical-embedding-finetune-x7k2p-101",)),
-             task("executor", "SUCCEEDED", 10, 70),
-             task("train-model-driver", "SUCCEEDED", 70, 75),
-             task("train-model", "FAILED", 75, 290, message=task_message,
-                  pods=("medical-embedding-finetune-x7k2p-202",)),
-             task("executor", "FAILED", 75, 290)]
+             *group(g["exit"], "FAILED", 0, 290),
+             *component("resolve-config", "SUCCEEDED", 1, 5), *component("snapshot-data", "SUCCEEDED", 5, 8),
+             *component("prep-data", "SUCCEEDED", 10, 70, pods=("medical-embedding-finetune-x7k2p-101",)),
+             *component("check-changes", "SUCCEEDED", 70, 72),
+             *group(g["branches"], "FAILED", 72, 290),
+             *group(g["retrain"], "FAILED", 73, 290), *group(g["unchanged"], "SKIPPED", 73, 73),
+             *component("train-model", "FAILED", 75, 290, message=task_message,
+                        pods=("medical-embedding-finetune-x7k2p-202",)),
+             task(f"{g['exit']}.onExit", "SUCCEEDED", 291, 299),  # the exit handler runs whatever happened
+             *component("record-run", "SUCCEEDED", 292, 298)]
     kfp_api.script_run(sub.run_id, [{"state": "FAILED", "finished_at": timestamp(300),
                                      "error": {"code": 2, "message": "workflow failed: child 'train-model' failed"},
                                      "run_details": {"task_details": nodes}}])
@@ -181,20 +211,67 @@ def test_get_of_a_failed_run_names_the_failing_task_its_message_and_where_its_lo
     report = runs.get_run(_session(kfp_api), run_id)
 
     assert report.state == "FAILED"
-    # The pipeline's tasks in dependency order, named as in the UI; KFP's drivers and Argo's nodes left out.
-    assert [(t.name, t.display_name, t.state) for t in report.tasks] == [
-        ("resolve-config", "configuration", "SUCCEEDED"),
-        ("prep-data", "data prep", "SUCCEEDED"), ("train-model", "GPU training", "FAILED"),
-        ("evaluate-models", "Matryoshka evaluation", "SKIPPED"), ("register-model", "model registration", "SKIPPED")]
+    # The pipeline's tasks in dependency order, those of the condition branches where the branches sit, named
+    # as in the UI; KFP's drivers, the branch groups and Argo's executor nodes left out.
+    assert [(t.name, t.display_name, t.state, t.branch) for t in report.tasks] == [
+        ("resolve-config", "configuration", "SUCCEEDED", None),
+        ("snapshot-data", "data snapshot", "SUCCEEDED", None),
+        ("prep-data", "data prep", "SUCCEEDED", None),
+        ("check-changes", "changes since the champion", "SUCCEEDED", None),
+        ("train-model", "GPU training", "FAILED", "retrain"),
+        ("evaluate-models", "Matryoshka evaluation", "SKIPPED", "retrain"),
+        ("register-model", "model registration", "SKIPPED", "retrain"),
+        ("keep-champion", "nothing new: champion kept", "SKIPPED", "unchanged"),
+        ("record-run", "record the run", "SUCCEEDED", None)]
+    assert report.branches == [("retrain", "FAILED"), ("unchanged", "SKIPPED")]
     (failed,) = report.failed_tasks
     assert failed.error == "OOMKilled (exit code 137)"
     assert failed.duration() == 215
-    assert report.tasks[1].duration() == 60
+    assert report.tasks[2].duration() == 60
     text = runs.format_report(report)
     assert "failed task: GPU training (train-model): OOMKilled (exit code 137)" in text
     assert "nodes: medical-embedding-finetune-x7k2p-202" in text
+    assert "branches: retrain FAILED, unchanged SKIPPED" in text
     assert f"logs: kubectl -n {PROFILE_NAMESPACE} logs -l pipeline/runid={run_id} -c main --prefix" in text
     assert f"{kfp_api.url}/#/runs/details/{run_id}" in text
+
+
+def _unchanged_nodes(package, final: bool) -> list[dict]:
+    """A run that found nothing new: the "retrain" branch's condition was false (Argo skips its DAG node and
+    creates nothing inside it), the "unchanged" branch keeps the champion."""
+    g = group_keys(package)
+    keep_state = "SUCCEEDED" if final else "RUNNING"
+    nodes = [*group(g["exit"], keep_state, 0, 30 if final else None),
+             *component("resolve-config", "SUCCEEDED", 1, 5), *component("snapshot-data", "SUCCEEDED", 5, 8),
+             *component("prep-data", "SUCCEEDED", 10, 12), *component("check-changes", "SUCCEEDED", 12, 15),
+             *group(g["branches"], keep_state, 15, 30 if final else None),
+             *group(g["retrain"], "SKIPPED", 16, 16),
+             *group(g["unchanged"], keep_state, 16, 30 if final else None),
+             *component("keep-champion", keep_state, 20, 29 if final else None)]
+    return nodes + (component("record-run", "SUCCEEDED", 30, 31) if final else [])
+
+
+@pytest.mark.parametrize("final", [False, True], ids=["running", "finished"])
+def test_a_run_with_nothing_new_shows_the_retrain_branch_skipped_and_the_champion_kept(kfp_api, package, final):
+    session = _session(kfp_api)
+    sub = runs.submit(session, package, experiment="e", run_name="nightly")
+    kfp_api.script_run(sub.run_id, [{"state": "SUCCEEDED" if final else "RUNNING",
+                                     "finished_at": timestamp(31) if final else "1970-01-01T00:00:00Z",
+                                     "run_details": {"task_details": _unchanged_nodes(package, final)}}])
+    report = runs.get_run(session, sub.run_id)
+    states = {t.name: t.state for t in report.tasks}
+    # Skipped as soon as KFP skips the branch, not only once the run has ended.
+    assert [states[k] for k in ("train-model", "evaluate-models", "register-model")] == ["SKIPPED"] * 3
+    assert states["keep-champion"] == ("SUCCEEDED" if final else "RUNNING")
+    assert [states[k] for k in ("resolve-config", "snapshot-data", "prep-data", "check-changes")] == ["SUCCEEDED"] * 4
+    assert states["record-run"] == ("SUCCEEDED" if final else "PENDING")
+    assert report.branches == [("retrain", "SKIPPED"), ("unchanged", "SUCCEEDED" if final else "RUNNING")]
+    assert report.failed_tasks == []
+    text = runs.format_report(report)
+    assert "GPU training" in text and "(train-model, branch retrain)" in text
+    assert "nothing new: champion kept" in text and "(keep-champion, branch unchanged)" in text
+    if final:
+        assert runs.exit_code(report.state) == runs.EXIT_SUCCEEDED
 
 
 def test_failing_task_without_its_own_message_gets_the_runs(kfp_api, package):
@@ -246,16 +323,22 @@ def test_terminate_asks_kfp_and_reports_the_new_state(kfp_api):
 
 # --- waiting --------------------------------------------------------------------------------------------
 
-def _progress(kfp_api: FakeKfp, final: str) -> list[dict]:
-    """PENDING -> prep running -> training running -> final."""
-    config = task("resolve-config", "SUCCEEDED", 2, 8)
-    prep_running = [config, task("prep-data", "RUNNING", 10)]
-    train_running = [config, task("prep-data", "SUCCEEDED", 10, 70), task("train-model", "RUNNING", 75)]
-    end_tasks = train_running[:2] + [
-        task("train-model", "SUCCEEDED" if final == "SUCCEEDED" else final, 75, 290),
-        task("evaluate-models", "SUCCEEDED", 300, 400), task("register-model", "SUCCEEDED", 410, 420)]
-    if final != "SUCCEEDED":
-        end_tasks = end_tasks[:3]
+def _progress(package, final: str) -> list[dict]:
+    """PENDING -> prep running -> training running (in the "retrain" branch) -> final."""
+    g = group_keys(package)
+    head = [*group(g["exit"], "RUNNING", 1), *component("resolve-config", "SUCCEEDED", 2, 8),
+            *component("snapshot-data", "SUCCEEDED", 8, 9)]
+    prep_running = head + component("prep-data", "RUNNING", 10)
+    decided = head + [*component("prep-data", "SUCCEEDED", 10, 70), *component("check-changes", "SUCCEEDED", 70, 72),
+                      *group(g["branches"], "RUNNING", 72), *group(g["retrain"], "RUNNING", 73),
+                      *group(g["unchanged"], "SKIPPED", 73, 73)]
+    train_running = decided + component("train-model", "RUNNING", 75)
+    end_state = "SUCCEEDED" if final == "SUCCEEDED" else final
+    end_tasks = decided + component("train-model", end_state, 75, 290)
+    if final == "SUCCEEDED":
+        end_tasks += [*component("evaluate-models", "SUCCEEDED", 300, 400),
+                      *component("register-model", "SUCCEEDED", 410, 415)]
+    end_tasks += component("record-run", "SUCCEEDED", 416, 420)
     return [{"state": "PENDING"},
             {"state": "RUNNING", "run_details": {"task_details": prep_running}},
             {"state": "RUNNING", "run_details": {"task_details": train_running}},
@@ -265,7 +348,7 @@ def _progress(kfp_api: FakeKfp, final: str) -> list[dict]:
 @pytest.mark.parametrize("final, code", [("SUCCEEDED", 0), ("FAILED", 1), ("CANCELED", 3)])
 def test_wait_follows_the_run_to_its_final_state_and_maps_it_to_an_exit_code(kfp_api, package, final, code):
     session = _session(kfp_api)
-    kfp_api.script_next_run(_progress(kfp_api, final))
+    kfp_api.script_next_run(_progress(package, final))
     sub = runs.submit(session, package, experiment="e", run_name="r")
     out = io.StringIO()
     sleeps = []
@@ -283,17 +366,22 @@ def test_wait_follows_the_run_to_its_final_state_and_maps_it_to_an_exit_code(kfp
 
 def test_progress_on_a_terminal_redraws_one_table_in_place(kfp_api, package):
     session = _session(kfp_api)
-    kfp_api.script_next_run(_progress(kfp_api, "SUCCEEDED"))
+    kfp_api.script_next_run(_progress(package, "SUCCEEDED"))
     sub = runs.submit(session, package, experiment="e", run_name="live")
     out = io.StringIO()
     runs.wait(session, sub.run_id, interval=0, display=runs.ProgressDisplay(out, tty=True), sleep=lambda s: None)
     frames = out.getvalue().split("\x1b[")
-    # First frame drawn plainly, each later one moves up over the 6 lines of the previous (run + 5 tasks).
+    # First frame drawn plainly, each later one moves up over the 10 lines of the previous (run + 9 tasks).
     assert frames[0].startswith("live: PENDING")
-    assert out.getvalue().count("\x1b[6F\x1b[J") == 3
+    assert out.getvalue().count("\x1b[10F\x1b[J") == 3
     last = out.getvalue().rsplit("\x1b[J", 1)[1]
     assert last.splitlines()[0].startswith("live: SUCCEEDED")
-    assert [line.split()[-2] for line in last.splitlines()[1:]] == ["SUCCEEDED"] * 5
+    # Retrained: every task succeeded but the "unchanged" branch's, which was skipped.
+    states = {line.rsplit(None, 2)[0].strip(): line.split()[-2] for line in last.splitlines()[1:]}
+    assert states == {"configuration": "SUCCEEDED", "data snapshot": "SUCCEEDED", "data prep": "SUCCEEDED",
+                      "changes since the champion": "SUCCEEDED", "GPU training": "SUCCEEDED",
+                      "Matryoshka evaluation": "SUCCEEDED", "model registration": "SUCCEEDED",
+                      "nothing new: champion kept": "SKIPPED", "record the run": "SUCCEEDED"}
 
 
 def test_wait_gives_up_after_its_timeout_with_the_next_command(kfp_api):

@@ -66,8 +66,8 @@ def test_every_task_reads_minio_credentials_from_the_secret(compiled):
     spec, k8s, text = compiled
     executors = spec["deploymentSpec"]["executors"]
     # Every task that touches storage; the configuration task reads nothing but its inputs.
-    assert set(k8s) == set(executors) - {"exec-resolve-config"}
-    for name, platform in k8s.items():
+    assert "secretAsEnv" not in k8s["exec-resolve-config"]
+    for name, platform in ((n, p) for n, p in k8s.items() if n != "exec-resolve-config"):
         (secret,) = platform["secretAsEnv"]
         assert secret["secretName"] == "medembed-minio", name
         assert {(m["secretKey"], m["envVar"]) for m in secret["keyToEnv"]} == {
@@ -83,12 +83,15 @@ def test_every_task_reads_minio_credentials_from_the_secret(compiled):
 
 def _profile(spec: dict) -> dict:
     """The compiled profile: every field's default, resolved with the run form by the first task."""
-    return spec["root"]["dag"]["tasks"]["resolve-config"]["inputs"]["parameters"]["profile_config"]["runtimeValue"]["constant"]
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    (task,) = [dag["tasks"]["resolve-config"] for dag in dags if "resolve-config" in dag["tasks"]]
+    return task["inputs"]["parameters"]["profile_config"]["runtimeValue"]["constant"]
 
 
 def test_parameter_defaults_follow_the_cluster_profile(compiled):
     defaults = _defaults(compiled[0])
-    assert defaults["base_model"] == "intfloat/multilingual-e5-large"
+    # The production base model, mirrored into MinIO (`medembed models import-base`): no hub at run time.
+    assert defaults["base_model"] == "s3://medembed-registry/base-models/intfloat/multilingual-e5-large"
     # KFP stores numbers as floats in the IR.
     assert [int(d) for d in defaults["matryoshka_dims"]] == [1024, 768, 512, 384, 256, 128, 64]
     assert defaults["epochs"] == 5
@@ -113,4 +116,34 @@ def test_image_override_at_compile_time(tmp_path):
                    cwd=Path(__file__).resolve().parents[1], capture_output=True)
     spec = next(yaml.safe_load_all(out.read_text()))
     images = [e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()]
-    assert len(images) == 8 and set(images) == {"registry.example.com/medembed:9.9"}
+    assert len(images) == 9 and set(images) == {"registry.example.com/medembed:9.9"}
+
+
+def test_every_task_is_bounded_and_gpu_tasks_get_shm_scratch_and_the_model_cache(compiled):
+    spec, k8s, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        resources = executor["container"]["resources"]
+        assert {"resourceCpuLimit", "resourceMemoryLimit", "resourceCpuRequest", "resourceMemoryRequest"} <= set(resources), name
+        assert resources["resourceMemoryLimit"] == resources["resourceMemoryRequest"], f"{name}: no memory overcommit"
+        assert int(k8s[name]["activeDeadlineSeconds"]) > 0, f"{name} has no timeout"
+    for name in ("exec-prep-data", "exec-train-model", "exec-evaluate-models"):  # the profile mines negatives
+        platform = k8s[name]
+        assert platform["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi",
+                                               "volumeName": "dshm"}]
+        (scratch,) = platform["genericEphemeralVolume"]
+        assert (scratch["mountPath"], scratch["size"]) == ("/scratch", "200Gi")
+        (cache,) = platform["pvcMount"]
+        assert (cache["constant"], cache["mountPath"]) == ("medembed-model-cache", "/models-cache")
+        env = {e["name"]: e["value"] for e in executors[name]["container"]["env"]}
+        assert env["TMPDIR"] == "/scratch" and env["MEDEMBED_MODEL_CACHE"] == "/models-cache"
+    assert int(k8s["exec-train-model"]["activeDeadlineSeconds"]) == 86_400
+
+
+def test_an_exit_handler_records_every_run_and_the_base_model_comes_from_minio(compiled):
+    spec, _, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    assert root["record-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert root["record-run"]["dependentTasks"] == ["exit-handler-1"]
+    assert _defaults(spec)["base_model"].startswith("s3://medembed-registry/base-models/"), "no hub at run time"
+    assert _defaults(spec)["notify_url"] == ""

@@ -14,7 +14,7 @@ from medembed.config import (E5_LARGE, RUN_PARAMETERS, SECTIONS, ConfigError, Da
 
 def test_profiles_differ_where_the_product_says():
     local, cluster = load_config("local"), load_config("cluster")
-    assert cluster.train.base_model == E5_LARGE
+    assert cluster.train.base_model.endswith(E5_LARGE) and cluster.train.base_model.startswith("s3://")
     assert cluster.train.matryoshka_dims == (1024, 768, 512, 384, 256, 128, 64)
     assert (cluster.train.epochs, cluster.train.warmup_steps, cluster.train.eval_steps, cluster.train.batch_size) == (5, 100, 1000, 32)
     assert local.train.base_model.startswith("bundled:")

@@ -4,6 +4,7 @@ extra collections and language slices, KFP metric names."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 

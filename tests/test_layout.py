@@ -10,7 +10,7 @@ PACKAGE = ROOT / "medembed"
 # Launchers: they drive kfp (compile, kfp.local, the KFP client) and are never imported inside a task.
 LAUNCHERS = {"medembed.cli", "medembed.local_run", "medembed.__main__",
              # the KFP client side of submit/runs (medembed/cluster): run on a workstation, never in a task
-             "medembed.cluster.runs", "medembed.cluster.commands"}
+             "medembed.cluster.runs", "medembed.cluster.schedules", "medembed.cluster.commands"}
 
 
 def _module_name(path: Path) -> str:
@@ -87,3 +87,21 @@ def test_training_stage_launches_and_workers_train_one_way_only():
     assert "medembed.train.recipe" not in graph["medembed.train.launcher"]
     assert "medembed.train.launcher" not in graph["medembed.train.recipe"]
     assert "medembed.train.recipe" in graph["medembed.train.worker"]
+
+
+def test_every_package_is_in_the_distribution_and_the_console_script_resolves():
+    """`pip install .` (the project image) installs what pyproject's package finder lists: every package
+    folder must be among them, and the console script must name a function that exists."""
+    import importlib
+    import tomllib
+
+    from setuptools import find_packages
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    found = set(find_packages(str(ROOT), include=project["tool"]["setuptools"]["packages"]["find"]["include"]))
+    on_disk = {_module_name(p) for top in ("medembed", "components", "pipelines")
+               for p in (ROOT / top).rglob("__init__.py")}
+    assert on_disk and on_disk <= found, sorted(on_disk - found)
+    module, _, function = project["project"]["scripts"]["medembed"].partition(":")
+    assert (module, function) == ("medembed.cli", "main")
+    assert callable(getattr(importlib.import_module(module), function))

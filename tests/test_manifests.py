@@ -397,6 +397,17 @@ def test_overlays_choose_storage_and_placement(rendered):
         assert {"key": gpu_key, "operator": "NotIn", "values": [gpu_pool]} in term["matchExpressions"]
 
 
+def test_base_model_cache_is_a_shared_claim_where_pipeline_pods_run(rendered):
+    """ClusterConfig.model_cache_pvc names a claim in the profile namespace; GPU tasks on several nodes
+    mount it at once on GKE (ReadWriteMany, Filestore)."""
+    def claim(target):
+        return _one(rendered[target], "PersistentVolumeClaim", CLUSTER.cluster.model_cache_pvc, PROFILE_NAMESPACE)["spec"]
+
+    assert claim("overlays/gke-gpu")["accessModes"] == ["ReadWriteMany"]
+    assert claim("overlays/gke-gpu")["storageClassName"] == "standard-rwx"
+    assert claim("overlays/local-kind")["accessModes"] == ["ReadWriteOnce"]
+
+
 @pytest.mark.parametrize("missing", ENV_FILES)
 def test_rendering_needs_both_local_env_files(kubectl, tmp_path, missing):
     """Without minio.env or minio-pipelines.env there is no fallback credential: rendering fails."""

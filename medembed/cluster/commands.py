@@ -6,6 +6,8 @@
     medembed runs get RUN_ID
     medembed runs wait RUN_ID [--timeout S]
     medembed runs terminate RUN_ID
+    medembed schedule  --cron "0 0 2 * * *" [--name N] [--param NAME=VALUE ...]   (replaces the one named N)
+    medembed schedules list [--experiment E] | pause NAME | resume NAME | delete NAME
 
 KFP endpoint: --host or KF_PIPELINES_ENDPOINT (in a pod: KFP's in-cluster service); token: --token-file,
 KF_PIPELINES_TOKEN, KF_PIPELINES_TOKEN_FILE or the pod's KFP token; namespace: --namespace (default
@@ -33,7 +35,8 @@ from typing import Callable
 from . import PROFILE_NAMESPACE
 from .runs import EXIT_CLUSTER_ERROR, ClusterError
 
-COMMANDS = ("preflight", "submit", "runs")
+COMMANDS = ("preflight", "submit", "runs", "schedule", "schedules")
+DEFAULT_SCHEDULE = "medical-embeddings-retrain"
 EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 2, 6, 130
 DEFAULT_EXPERIMENT = "medical-embeddings"
 
@@ -121,6 +124,38 @@ def add_commands(sub, common: Callable[[argparse.ArgumentParser, str], None] | N
         if name == "wait":
             q.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
             q.add_argument("--interval", type=float, default=10.0, metavar="SECONDS")
+
+
+    p = sub.add_parser("schedule", help="create or replace a recurring retraining run (by name) on a new "
+                       "pipeline version")
+    profile_args(p)
+    _connection_args(p)
+    p.add_argument("--cron", required=True, help="6 fields, seconds first, e.g. '0 0 2 * * *' (02:00 daily)")
+    p.add_argument("--name", default=DEFAULT_SCHEDULE,
+                   help="the schedule's name; an existing recurring run of that name in the experiment is replaced")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+    p.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="a run parameter (JSON values: epochs=3) or overrides='{\"section.field\": value}'")
+    p.add_argument("--pipeline-name", default=None, help="pipeline to add the version to (default: the compiled "
+                   "pipeline's name, medical-embedding-finetune)")
+    p.add_argument("--pipeline-root", default=None,
+                   help="where the runs' artifacts go (default: kfp-launcher's defaultPipelineRoot)")
+    p.add_argument("--no-cache", action="store_true", help="turn execution caching off for every task of this version")
+    p.add_argument("--output", default=None, help="also keep the compiled IR here")
+
+    p = sub.add_parser("schedules", help="list, pause, resume or delete recurring runs")
+    schedules_sub = p.add_subparsers(dest="schedules_command", required=True)
+    q = schedules_sub.add_parser("list", help="recurring runs: name, status, cron, experiment")
+    _connection_args(q)
+    q.add_argument("--experiment", default=None, help="only this experiment's recurring runs")
+    q.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    for name, help_text in (("pause", "stop a schedule from starting runs (it is kept)"),
+                            ("resume", "let a paused schedule start runs again"),
+                            ("delete", "delete a schedule (runs it started are kept)")):
+        q = schedules_sub.add_parser(name, help=help_text)
+        _connection_args(q)
+        q.add_argument("name", metavar="NAME")
+        q.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
 
 
 # --- commands -------------------------------------------------------------------------------------------
@@ -214,8 +249,7 @@ def cmd_submit(args, out, plan: Plan | None = None, compile_pipeline: Compile | 
             return EXIT_PREFLIGHT
     now = dt.datetime.now()
     run_name = args.run_name or f"{config.registry.model_name}-{now:%Y%m%d-%H%M%S}"
-    description = f"profile {compiled.profile}" + (f"; --set {' '.join(args.set)}" if args.set else "") + (
-        "; caching off" if args.no_cache else "")
+    description = _describe_run(args, compiled)
     # The compiled file lives only as long as the upload: nothing is left in temp folders.
     with tempfile.TemporaryDirectory(prefix="medembed-submit-") as tmp:
         package = compile_pipeline(compiled, Path(tmp) / "pipeline.yaml")
@@ -255,6 +289,70 @@ def cmd_runs(args, out, plan: Plan | None = None, compile_pipeline: Compile | No
     raise AssertionError(args.runs_command)
 
 
+def _describe_run(args, compiled) -> str:
+    return (f"profile {compiled.profile}" + (f"; --set {' '.join(args.set)}" if args.set else "")
+            + ("; caching off" if args.no_cache else ""))
+
+
+def cmd_schedule(args, out, plan: Plan | None = None, compile_pipeline: Compile | None = None) -> int:
+    from . import runs, schedules
+
+    # Everything that can be checked here is checked before KFP is contacted: the cron, the name, the config.
+    schedules.validate_cron(args.cron)
+    schedules.validate_name(args.name)
+    compiled, arguments, config = _plan(args, plan)
+    if compile_pipeline is None:
+        raise TypeError("commands.run(..., compile_pipeline=medembed.cli.compile_pipeline) is needed for schedule")
+    session = runs.connect(_settings(args))
+    description = _describe_run(args, compiled)
+    with tempfile.TemporaryDirectory(prefix="medembed-schedule-") as tmp:
+        package = compile_pipeline(compiled, Path(tmp) / "pipeline.yaml")
+        if args.no_cache:
+            runs.disable_caching(package)
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(package, args.output)
+        result = schedules.create_or_replace(
+            session, package, name=args.name, cron=args.cron, experiment=args.experiment, params=arguments,
+            pipeline_name=args.pipeline_name, pipeline_root=args.pipeline_root,
+            description=f"Recurring retraining of {config.registry.model_name}, schedule {args.name}; {description}")
+    new = result.schedule
+    print(f"pipeline: {result.pipeline_name}, version {result.version_name}", file=out)
+    print(f"recurring run: {new.name} ({new.recurring_run_id}): {schedules.describe(new)}; one run at a time, "
+          "no catch-up of missed runs", file=out)
+    for old in result.replaced:
+        print(f"replaced: {old.recurring_run_id} ({schedules.describe(old)}), deleted", file=out)
+    print(f"url: {result.url}", file=out)
+    return 0
+
+
+def cmd_schedules(args, out, plan: Plan | None = None, compile_pipeline: Compile | None = None) -> int:
+    import json
+
+    from . import runs, schedules
+
+    session = runs.connect(_settings(args))
+    if args.schedules_command == "list":
+        rows = schedules.list_schedules(session, experiment=args.experiment)
+        experiments = schedules.experiment_names(session)
+        if args.json:
+            print(json.dumps([{**row.to_dict(), "experiment": experiments.get(row.experiment_id or "")}
+                              for row in rows], indent=2), file=out)
+        else:
+            print(schedules.format_schedules(rows, experiments), file=out)
+        return 0
+    if args.schedules_command == "delete":
+        for row in schedules.delete(session, args.name, args.experiment):
+            print(f"deleted {row.name} ({row.recurring_run_id}); the runs it started are kept", file=out)
+        return 0
+    enabled = args.schedules_command == "resume"
+    for row, changed in schedules.set_enabled(session, args.name, args.experiment, enabled):
+        state = "resumed" if enabled else "paused"
+        print(f"{state} {row.name} ({row.recurring_run_id})" if changed
+              else f"{row.name} ({row.recurring_run_id}) was already {'enabled' if enabled else 'paused'}", file=out)
+    return 0
+
+
 def run(args, out=None, err=None, *, plan: Plan | None = None, compile_pipeline: Compile | None = None) -> int:
     """Execute a parsed cluster command; ClusterError -> one line on stderr and its exit code.
     `plan` and `compile_pipeline` are the CLI's (medembed.cli.run_plan, medembed.cli.compile_pipeline):
@@ -262,7 +360,8 @@ def run(args, out=None, err=None, *, plan: Plan | None = None, compile_pipeline:
     from ..config import ConfigError
 
     out, err = out or sys.stdout, err or sys.stderr
-    handlers = {"preflight": cmd_preflight, "submit": cmd_submit, "runs": cmd_runs}
+    handlers = {"preflight": cmd_preflight, "submit": cmd_submit, "runs": cmd_runs, "schedule": cmd_schedule,
+                "schedules": cmd_schedules}
     try:
         return handlers[args.command](args, out, plan=plan, compile_pipeline=compile_pipeline)
     except ClusterError as exc:

@@ -74,6 +74,7 @@ class PreflightTarget:
     data_uri: str
     pipeline_root: str
     pipeline_root_explicit: bool = False  # given per run (--pipeline-root), not from kfp-launcher
+    base_model: str = ""
     secret_keys: tuple[str, str] = ("accesskey", "secretkey")
 
     @classmethod
@@ -85,7 +86,7 @@ class PreflightTarget:
 
         root = pipeline_root or PIPELINE_ROOT
         writes = [bucket(config.registry.registry_uri), bucket(config.train.checkpoint_uri), bucket(root)]
-        reads = [bucket(config.data.data_uri)]
+        reads = [bucket(config.data.data_uri), bucket(config.train.base_model)]
         return cls(namespace=namespace or PROFILE_NAMESPACE, secret=cluster.minio_secret,
                    node_selector=tuple(tuple(pair) for pair in cluster.gpu_node_selector),
                    tolerations=(Toleration(cluster.gpu_toleration_key, "Exists", "", cluster.gpu_toleration_effect),),
@@ -93,7 +94,8 @@ class PreflightTarget:
                    minio_endpoint=cluster.minio_endpoint, minio_secure=cluster.minio_secure,
                    read_buckets=tuple(dict.fromkeys(b for b in reads if b and b not in writes)),
                    write_buckets=tuple(dict.fromkeys(b for b in writes if b)),
-                   data_uri=config.data.data_uri, pipeline_root=root, pipeline_root_explicit=pipeline_root is not None)
+                   data_uri=config.data.data_uri, pipeline_root=root, pipeline_root_explicit=pipeline_root is not None,
+                   base_model=config.train.base_model)
 
 
 # --- Kubernetes client -----------------------------------------------------------------------------------
@@ -512,6 +514,40 @@ def _check_data(ctx: _Context, client) -> None:
         ctx.add(name, PASS, f"{uri} (a folder: objects under it)")
 
 
+def _check_base_model(ctx: _Context, client) -> None:
+    """The base model must come from MinIO (imported with its manifest): tasks never reach a model hub."""
+    from ..base_models import MANIFEST
+
+    ref, name = ctx.target.base_model, "base model"
+    if not ref:
+        return
+    if ref.startswith("bundled:"):
+        ctx.add(name, PASS, f"{ref} ships in the project image")
+        return
+    if not ref.startswith("s3://"):
+        ctx.add(name, WARN, f"{ref} would be downloaded from a model hub by every GPU task",
+                f"mirror it once: medembed models import-base {ref} s3://medembed-registry/base-models/{ref}, "
+                "then --set train.base_model=s3://medembed-registry/base-models/...")
+        return
+    if client is None:
+        ctx.add(name, SKIP, f"{ref}: MinIO not checked")
+        return
+    parsed = urlparse(ref)
+    key = f"{parsed.path.strip('/')}/{MANIFEST}".lstrip("/")
+    try:
+        client.stat_object(parsed.netloc, key)
+    except Exception as exc:  # noqa: BLE001
+        code = _s3_code(exc)
+        if code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchBucket"):
+            ctx.add(name, FAIL, f"{ref} holds no imported model (no {MANIFEST})",
+                    f"from a machine with hub access: medembed models import-base NAME_OR_DIR {ref}")
+        else:
+            ctx.add(name, FAIL, f"cannot read {ref} ({code or _minio_reason(exc)})",
+                    "the pipeline user must be able to read it: manifests/core/scripts/pipelines-policy.json")
+        return
+    ctx.add(name, PASS, f"{ref} (imported, with its manifest)")
+
+
 def run_preflight(target: PreflightTarget, *, kube: KubeAccess | ClusterError | None,
                   minio_endpoint: str | None = None, kfp_check: Callable[[], str] | None = None,
                   gpu_scale_from_zero: bool = False, env: Mapping[str, str] = os.environ) -> list[Check]:
@@ -539,6 +575,7 @@ def run_preflight(target: PreflightTarget, *, kube: KubeAccess | ClusterError | 
         for bucket in target.read_buckets + target.write_buckets:
             ctx.add(f"bucket {bucket}", SKIP, "MinIO not checked")
     _check_data(ctx, client)
+    _check_base_model(ctx, client)
     return ctx.checks
 
 

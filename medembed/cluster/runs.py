@@ -325,12 +325,30 @@ def pipeline_parameters(spec: dict) -> set[str]:
     return set(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
 
 
+def _dags(spec: dict) -> list[dict]:
+    """The root DAG and every sub-DAG (condition branches, loops, exit handlers) of a pipeline spec."""
+    return [spec.get("root", {}).get("dag", {})] + [c["dag"] for c in spec.get("components", {}).values()
+                                                     if isinstance(c, dict) and "dag" in c]
+
+
+def check_parameters(spec: dict, params: Mapping[str, object]) -> None:
+    """Refuse parameters the pipeline does not have, before anything is uploaded."""
+    unknown = sorted(set(params) - pipeline_parameters(spec))
+    if unknown:
+        raise ClusterError(f"unknown pipeline parameter(s) {', '.join(unknown)}",
+                           f"use one of: {', '.join(sorted(pipeline_parameters(spec)))}")
+
+
 def disable_caching(path: Path) -> None:
-    """Turn off execution caching for every task of the root DAG, in the package itself: a run of an
-    uploaded version cannot override caching at submission time."""
+    """Turn off execution caching for every task that runs a container, in the root DAG and in every
+    sub-DAG (the "retrain" branch holds training), in the package itself: a run of an uploaded version
+    cannot override caching at submission time."""
     docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
-    for task in docs[0].get("root", {}).get("dag", {}).get("tasks", {}).values():
-        task["cachingOptions"] = {}
+    components = docs[0].get("components", {})
+    for dag in _dags(docs[0]):
+        for task in dag.get("tasks", {}).values():
+            if "dag" not in components.get(task.get("componentRef", {}).get("name", ""), {}):
+                task["cachingOptions"] = {}
     Path(path).write_text(yaml.safe_dump_all(docs, sort_keys=True))
 
 
@@ -392,10 +410,7 @@ def submit(session: KfpSession, package: Path, *, experiment: str, run_name: str
     """Upload `package` as a new version of its pipeline and start a run of that version."""
     spec, _ = read_package(package)
     params = dict(params or {})
-    unknown = sorted(set(params) - pipeline_parameters(spec))
-    if unknown:
-        raise ClusterError(f"unknown pipeline parameter(s) {', '.join(unknown)}",
-                           f"use one of: {', '.join(sorted(pipeline_parameters(spec)))}")
+    check_parameters(spec, params)
     pipeline_name = pipeline_name or spec["pipelineInfo"]["name"]
     version = version_name(package)
     pipeline_id, version_id = upload_version(session, package, pipeline_name, version, description)
@@ -444,6 +459,7 @@ class TaskReport:
     name: str  # the task's key in the pipeline (Argo node name), e.g. train-model
     display_name: str  # what the UI shows, e.g. "GPU training"
     state: str = "PENDING"
+    branch: str | None = None  # the condition branch it belongs to (e.g. "retrain"), None at the top level
     started: dt.datetime | None = None
     finished: dt.datetime | None = None
     error: str | None = None
@@ -470,6 +486,7 @@ class RunReport:
     pipeline_id: str | None = None
     version_id: str | None = None
     experiment_id: str | None = None
+    branches: list[tuple[str, str]] = field(default_factory=list)  # (branch name, state) of condition branches
 
     @property
     def done(self) -> bool:
@@ -490,13 +507,22 @@ class RunReport:
         return f"kubectl -n {namespace} logs -l pipeline/runid={self.run_id} -c main --prefix --tail=200"
 
 
-def _spec_tasks(spec: dict | None) -> list[tuple[str, str]]:
-    """[(task key, display name)] of the root DAG, dependencies first."""
-    if not spec:
-        return []
-    if "root" not in spec and isinstance(spec.get("pipeline_spec"), dict):  # {pipeline_spec, platform_spec}
-        spec = spec["pipeline_spec"]
-    tasks = spec.get("root", {}).get("dag", {}).get("tasks", {})
+@dataclass(frozen=True)
+class SpecTask:
+    key: str  # the task's key in its DAG, which is also its Argo node's display name
+    display_name: str
+    groups: tuple[str, ...] = ()  # keys of the sub-DAG tasks it sits in, outermost first
+    branch: str | None = None  # display name of the innermost condition group, e.g. "retrain"
+
+
+@dataclass(frozen=True)
+class SpecGroup:
+    key: str  # e.g. condition-2
+    display_name: str  # e.g. retrain
+    condition: bool  # a dsl.If / Elif / Else branch (its Argo node is SKIPPED when the condition was false)
+
+
+def _dependency_order(tasks: dict) -> list[str]:
     order: list[str] = []
     visiting: set[str] = set()
 
@@ -510,7 +536,43 @@ def _spec_tasks(spec: dict | None) -> list[tuple[str, str]]:
 
     for key in sorted(tasks):
         visit(key)
-    return [(key, tasks[key].get("taskInfo", {}).get("name") or key) for key in order]
+    return order
+
+
+def _spec_structure(spec: dict | None) -> tuple[list[SpecTask], list[SpecGroup]]:
+    """The pipeline's container tasks in dependency order, each sub-DAG (condition branch, loop, exit
+    handler) expanded in place where it sits in its parent, and the sub-DAG groups themselves."""
+    if not spec:
+        return [], []
+    if "root" not in spec and isinstance(spec.get("pipeline_spec"), dict):  # {pipeline_spec, platform_spec}
+        spec = spec["pipeline_spec"]
+    components = spec.get("components", {})
+    tasks: list[SpecTask] = []
+    groups: list[SpecGroup] = []
+
+    def expand(dag: dict, parents: tuple[str, ...], branch: str | None, entered: frozenset) -> None:
+        dag_tasks = dag.get("tasks", {})
+        for key in _dependency_order(dag_tasks):
+            task = dag_tasks[key]
+            display = task.get("taskInfo", {}).get("name") or key
+            component_name = task.get("componentRef", {}).get("name", "")
+            component = components.get(component_name, {})
+            if "dag" not in component:
+                tasks.append(SpecTask(key, display, parents, branch))
+                continue
+            if component_name in entered:  # a malformed, self-referencing spec: do not loop
+                continue
+            condition = bool(task.get("triggerPolicy", {}).get("condition"))
+            groups.append(SpecGroup(key, display, condition))
+            expand(component["dag"], parents + (key,), display if condition else branch, entered | {component_name})
+
+    expand(spec.get("root", {}).get("dag", {}), (), None, frozenset())
+    return tasks, groups
+
+
+def _spec_tasks(spec: dict | None) -> list[SpecTask]:
+    """The pipeline's tasks, dependencies first, tasks of condition branches expanded in place."""
+    return _spec_structure(spec)[0]
 
 
 SYSTEM_NODES = ("root", "root-driver", "executor")
@@ -549,12 +611,15 @@ def build_report(session: KfpSession, run) -> RunReport:
         if previous is None or (_time(detail.start_time) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)) >= (
                 _time(previous.start_time) or dt.datetime.min.replace(tzinfo=dt.timezone.utc)):
             nodes[name] = detail
-    spec_tasks = _spec_tasks(_run_spec(session, run))
+    spec_tasks, spec_groups = _spec_structure(_run_spec(session, run))
     if not spec_tasks:  # unknown spec: every node that is not KFP's own machinery
-        spec_tasks = [(name, name) for name in sorted(nodes) if not _is_system_node(name)]
+        spec_tasks = [SpecTask(name, name) for name in sorted(nodes) if not _is_system_node(name)]
+    # A condition that was false: Argo skips the branch's DAG node and creates nothing inside it.
+    skipped_groups = {g.key for g in spec_groups if g.key in nodes and _state(nodes[g.key].state) == "SKIPPED"}
     tasks = []
-    for key, display in spec_tasks:
-        task = TaskReport(name=key, display_name=display)
+    for spec_task in spec_tasks:
+        key = spec_task.key
+        task = TaskReport(name=key, display_name=spec_task.display_name, branch=spec_task.branch)
         node = nodes.get(key)
         if node is not None:
             task.state = _state(node.state)
@@ -567,9 +632,18 @@ def build_report(session: KfpSession, run) -> RunReport:
             task.state = "FAILED"  # the driver (inputs, caching, pod spec) failed before the task ran
             task.error = (" ".join(driver.error.message.split()) if driver.error and driver.error.message
                           else "KFP's driver for this task failed (inputs, cache lookup or pod spec)")
+        if node is None and skipped_groups.intersection(spec_task.groups):
+            task.state = "SKIPPED"  # its branch did not run, whatever the run is doing elsewhere
         if run.state and _state(run.state) in TERMINAL_STATES and task.state in ("PENDING", "RUNNING"):
             task.state = "SKIPPED" if node is None else task.state
         tasks.append(task)
+    branches = []
+    for group in (g for g in spec_groups if g.condition):
+        node = nodes.get(group.key)
+        state = _state(node.state) if node is not None else "PENDING"
+        if node is None and _state(run.state) in TERMINAL_STATES:
+            state = "SKIPPED"
+        branches.append((group.display_name, state))
     error = " ".join(run.error.message.split()) if getattr(run, "error", None) and run.error.message else None
     for task in tasks:
         if task.state == "FAILED" and not task.error:
@@ -579,7 +653,7 @@ def build_report(session: KfpSession, run) -> RunReport:
                      url=session.run_url(run.run_id), namespace=session.settings.namespace,
                      created=_time(run.created_at), finished=_time(run.finished_at), error=error, tasks=tasks,
                      pipeline_id=getattr(ref, "pipeline_id", None), version_id=getattr(ref, "pipeline_version_id", None),
-                     experiment_id=run.experiment_id)
+                     experiment_id=run.experiment_id, branches=branches)
 
 
 def get_run(session: KfpSession, run_id: str) -> RunReport:
@@ -674,12 +748,14 @@ def format_report(report: RunReport, now: dt.datetime | None = None) -> str:
              f"created:  {_stamp(report.created)}   finished: {_stamp(report.finished)}   "
              f"duration: {format_duration(report.duration(now))}",
              f"url:      {report.url}"]
+    if report.branches:
+        lines.append("branches: " + ", ".join(f"{name} {state}" for name, state in report.branches))
     if report.tasks:
         width = max(len(t.display_name) for t in report.tasks)
         lines.append("tasks:")
         for task in report.tasks:
             lines.append(f"  {task.display_name:<{width}}  {task.state:<9}  {format_duration(task.duration(now)):>9}"
-                         f"  ({task.name})")
+                         f"  ({task.name}" + (f", branch {task.branch})" if task.branch else ")"))
     for task in report.failed_tasks:
         lines.append(f"failed task: {task.display_name} ({task.name}): {task.error or 'no message from KFP'}")
         if task.nodes:

@@ -11,22 +11,15 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..artifacts import file_sha256
 from .ingest import BUNDLED_DATA, DataError, parse_inputs
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _local_files(path: Path) -> list[dict]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        return [{"name": p.relative_to(path).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)} for p in files]
-    return [{"name": path.name, "size": path.stat().st_size, "sha256": _sha256(path)}]
+        return [{"name": p.relative_to(path).as_posix(), "size": p.stat().st_size, "sha256": file_sha256(p)} for p in files]
+    return [{"name": path.name, "size": path.stat().st_size, "sha256": file_sha256(path)}]
 
 
 def _s3_objects(uri: str) -> list[dict]:

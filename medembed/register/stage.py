@@ -22,8 +22,10 @@ from .gate import decide_promotion, decision_markdown
 log = logging.getLogger(__name__)
 
 
-def run(config: PipelineConfig, model_dir: Path, results_dir: Path, train_dir: Path, pipeline_run: str = "") -> dict:
-    """Returns the Registration as a dict plus "model_card" and "decision" (Markdown)."""
+def run(config: PipelineConfig, model_dir: Path, results_dir: Path, train_dir: Path, pipeline_run: str = "",
+        run_id: str = "") -> dict:
+    """Returns the Registration as a dict plus "model_card" and "decision" (Markdown). Once the model
+    is safely stored, this run's training checkpoints are deleted (unless train.keep_checkpoints)."""
     setup_logging()
     results = json.loads((Path(results_dir) / RESULTS_FILE).read_text())
     info = TrainingInfo.read(Path(model_dir)).to_dict()
@@ -55,4 +57,8 @@ def run(config: PipelineConfig, model_dir: Path, results_dir: Path, train_dir: P
     elif decision.promote and not registration.promoted:
         decision_text = f"**Not promoted:** {registration.reasons[-1]}\n\n" + decision_text
     log.info("gate: %s", "promote" if decision.promote else "; ".join(decision.reasons))
+    if config.train.checkpoint_uri and run_id and not config.train.keep_checkpoints:
+        checkpoints = f"{config.train.checkpoint_uri.rstrip('/')}/{run_id}"
+        open_store(checkpoints, create=False).delete_prefix("")
+        log.info("deleted this run's checkpoints at %s (train.keep_checkpoints keeps them)", checkpoints)
     return {**asdict(registration), "model_card": card(registration.version), "decision": decision_text}

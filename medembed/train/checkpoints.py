@@ -17,13 +17,13 @@ other run's checkpoints and any partial (marker-less) upload from the location.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import shutil
 from pathlib import Path
 
+from ..artifacts import fingerprint, folder_checksums
 from ..storage import Store, StorageError, open_store
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,7 @@ DATA_FILES = ("train.jsonl", "dev.jsonl")
 
 def data_fingerprint(train_dir: Path, files: tuple[str, ...] = DATA_FILES) -> str:
     """SHA-256 over the training and dev pairs (names and bytes) that a run trains and selects on."""
-    digest = hashlib.sha256()
-    for name in files:
-        path = Path(train_dir) / name
-        if not path.exists():
-            continue
-        digest.update(name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return fingerprint([Path(train_dir) / name for name in files if (Path(train_dir) / name).exists()])
 
 
 def run_binding(train_dir: Path, config, world_size: int = 1) -> dict[str, str]:
@@ -66,23 +57,6 @@ def binding_mismatch(recorded: dict | None, wanted: dict) -> str | None:
 def checkpoint_name(step: int) -> str:
     # Zero-padded so names sort by step and no step's prefix is another's.
     return f"checkpoint-{step:08d}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def manifest(local_dir: Path) -> dict[str, dict]:
-    local_dir = Path(local_dir)
-    return {
-        p.relative_to(local_dir).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(local_dir.rglob("*"))
-        if p.is_file()
-    }
 
 
 class CheckpointStore:
@@ -136,7 +110,7 @@ class CheckpointStore:
         """Upload one checkpoint folder, then its marker; prune old ones (never those in `protect`).
         The first upload of a run also removes other runs' checkpoints and partial uploads here."""
         name = checkpoint_name(step)
-        files = manifest(local_dir)
+        files = folder_checksums(local_dir)
         self.store.delete_prefix(name + "/")
         try:
             self.store.upload_dir(Path(local_dir), name)
@@ -190,7 +164,7 @@ class CheckpointStore:
             shutil.rmtree(local_dir, ignore_errors=True)
             return False
         (local_dir / MARKER).unlink(missing_ok=True)
-        actual = manifest(local_dir)
+        actual = folder_checksums(local_dir)
         if actual != expected:
             bad = sorted(k for k in set(actual) | set(expected) if actual.get(k) != expected.get(k))
             log.warning("checkpoint %s does not match its manifest (%s): skipped", name, ", ".join(bad[:5]))

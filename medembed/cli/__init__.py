@@ -5,7 +5,9 @@
     medembed preflight [--namespace NS] [--minio-endpoint URL] [--kubeconfig F]   (checks before a GPU run)
     medembed submit    [--host URL] [--wait] [--skip-preflight] [--set ...] [--param NAME=VALUE ...]
     medembed runs      list | get RUN_ID | wait RUN_ID | terminate RUN_ID
-    medembed schedule  --host ... --cron "0 0 2 * * *" [--name nightly-retrain]
+    medembed schedule  --cron "0 0 2 * * *" [--name nightly-retrain]   (running it again replaces it)
+    medembed schedules list | pause NAME | resume NAME | delete NAME
+    medembed models    list | show REF | pull REF --to DIR | promote NAME:N | rollback NAME | diff A B
 
 Every command resolves and validates the configuration before any work starts: a bad value ends
 in one line naming the field, the value and what is accepted, with exit code 2.
@@ -24,11 +26,11 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
-from .cluster import commands as cluster_commands
-from .config import COMPILE_TIME_SECTIONS, RUN_PARAMETERS, ConfigError, PipelineConfig, load_config, split_assignment
+from ..cluster import commands as cluster_commands
+from ..config import COMPILE_TIME_SECTIONS, RUN_PARAMETERS, ConfigError, PipelineConfig, load_config, split_assignment
+from . import models as model_commands
 
 log = logging.getLogger("medembed")
 DEFAULT_IR_FILE = "pipeline.yaml"
@@ -99,13 +101,6 @@ def parse_params(items: list[str] | None) -> list[tuple[str, object]]:
     return parsed
 
 
-def validate_cron(expression: str) -> str:
-    """KFP's scheduler takes six fields, seconds first (`0 0 2 * * *` = 02:00 daily)."""
-    if len(expression.split()) != 6:
-        raise ConfigError(f"--cron {expression!r}: needs 6 fields, seconds first, e.g. '0 0 2 * * *'")
-    return expression
-
-
 # ---------------------------------------------------------------- commands
 
 
@@ -120,37 +115,9 @@ def compile_pipeline(config: PipelineConfig, output: Path) -> Path:
     return output
 
 
-def _client(args):
-    import kfp
-
-    return kfp.Client(host=args.host, namespace=args.namespace, existing_token=args.token or None)
-
-
-def schedule(args) -> str:
-    validate_cron(args.cron)
-    compiled, arguments, resolved = run_plan(args.profile, args.set, args.param)
-    with tempfile.TemporaryDirectory(prefix="medembed-") as work:
-        package = compile_pipeline(compiled, Path(args.output) if args.output else Path(work) / DEFAULT_IR_FILE)
-        client = _client(args)
-        experiment = client.create_experiment(args.experiment, namespace=args.namespace)
-        job = client.create_recurring_run(
-            experiment_id=experiment.experiment_id,
-            job_name=args.name,
-            description=f"Recurring retraining of {resolved.registry.model_name} ({args.cron})",
-            cron_expression=args.cron,
-            # One retraining at a time, and no burst of missed runs after downtime.
-            max_concurrency=1,
-            no_catchup=True,
-            pipeline_package_path=str(package),
-            params=arguments,
-            enable_caching=False if args.no_cache else None,
-        )
-    return job.recurring_run_id
-
-
 def run_local_command(args) -> None:
-    from .evaluate.tables import comparison_text
-    from .local_run import run_local
+    from ..evaluate.tables import comparison_text
+    from ..local_run import run_local
 
     outcome = run_local(_config(args), Path(args.runs_dir))
     print(f"\nrun artifacts: {outcome['run_root']}")
@@ -185,33 +152,26 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, "cluster")
     p.add_argument("--output", default=DEFAULT_IR_FILE)
 
-    # preflight, submit, runs: medembed/cluster/commands.py (submit plans the run with run_plan above).
+    # preflight, submit, runs, schedule, schedules: medembed/cluster/commands.py (submit and schedule plan
+    # the run with run_plan above).
     cluster_commands.add_commands(sub, common)
+    # models list|show|pull|promote|rollback|diff: medembed/cli/models.py
+    model_commands.add_commands(sub, common)
 
-    for name, help_text in (("schedule", "create a recurring retraining run on a KFP endpoint"),):
-        p = sub.add_parser(name, help=help_text)
-        common(p, "cluster")
-        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
-        p.add_argument("--namespace", default=None)
-        # kfp.Client loads no kubeconfig credentials when --host is given: pass a token for auth'd endpoints.
-        p.add_argument("--token", default=None, help="bearer token, e.g. $(kubectl create token default-editor "
-                       "-n PROFILE_NAMESPACE --audience pipelines.kubeflow.org); default: none")
-        p.add_argument("--experiment", default="medical-embeddings")
-        p.add_argument("--param", action="append", metavar="NAME=VALUE",
-                       help=f"a run parameter ({', '.join(RUN_PARAMETERS)}) or overrides='{{\"section.field\": value}}'")
-        p.add_argument("--output", default=None, help="also keep the compiled IR here")
-        p.add_argument("--no-cache", action="store_true")
-        p.add_argument("--cron", required=True, help="6 fields, seconds first, e.g. '0 0 2 * * *'")
-        p.add_argument("--name", default="medical-embeddings-retrain")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .local_run import LocalRunFailed
-    from .models import setup_logging
+    from ..local_run import LocalRunFailed
+    from ..models import setup_logging
 
-    setup_logging()
     args = build_parser().parse_args(argv)
+    setup_logging()
+    if args.command == "models":
+        # Results and errors are the command's own lines: no INFO logs, no urllib3 retry warnings on stderr.
+        logging.getLogger("medembed").setLevel(logging.WARNING)
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+        return model_commands.run(args)
     if args.command in cluster_commands.COMMANDS:
         return cluster_commands.run(args, plan=run_plan, compile_pipeline=compile_pipeline)
     try:
@@ -219,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
             run_local_command(args)
         elif args.command == "compile":
             print(f"pipeline IR: {compile_pipeline(_config(args), Path(args.output)).resolve()}")
-        elif args.command == "schedule":
-            print(f"recurring run: {schedule(args)}")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
