@@ -24,6 +24,17 @@ QTYPES = {
 }
 
 
+def need_tool(available: bool, what: str, how: str) -> None:
+    """A test that needs a tool outside Python (a browser, a linter binary): without it the test skips with
+    the reason (listed in pytest's summary), except in CI (MEDEMBED_CI=1, set by .ci/run), where it fails:
+    CI must run every test."""
+    if available:
+        return
+    if os.environ.get("MEDEMBED_CI"):
+        pytest.fail(f"{what} is missing in CI, which must run every test: {how}")
+    pytest.skip(f"{what} is missing: {how} (in CI this fails instead of skipping)")
+
+
 def make_rows(n_topics: int = 16) -> list[dict]:
     """Templated medical-style pairs: one document per topic, one row per question type."""
     rows = []
