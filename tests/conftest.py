@@ -171,6 +171,8 @@ def pytest_deselected(items):
 
 
 def pytest_runtest_setup(item):
+    if not faultkit.SCRUB:
+        faultkit.SCRUB.append(str(item.config._tmp_path_factory.getbasetemp()))
     described = _fault_marker(item)
     if described is None:
         faultkit.CURRENT = {}

@@ -27,11 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CURRENT: dict = {}
 # Figures a case measured for the report's header (e.g. the PII corpus's precision and recall).
 FIGURES: dict = {}
+# The session's pytest temporary folder, shown as $TMP in observations (it changes every run).
+SCRUB: list[str] = []
 
 
 def observe(text: str, limit: int = 600) -> str:
     """Record what this fault case observed (a message, a count, a listing); returns `text`."""
     text = " ".join(str(text).split())
+    for prefix in SCRUB:
+        text = text.replace(prefix, "$TMP")
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     CURRENT.setdefault("observed", []).append(text)
@@ -239,6 +243,7 @@ class DiskRun:
     stdout: str
     stderr: str
     files: dict[str, int] = field(default_factory=dict)  # path relative to the mount -> size
+    texts: dict[str, str] = field(default_factory=dict)  # the same for small .json files -> their text
     size: int = 0
     free: int = 0
     isolation: str = ""
@@ -289,7 +294,8 @@ def run_on_small_disk(argv: list[str], mount: Path, size: str, *, env: dict | No
     if not listing.exists():
         raise RuntimeError(f"the small-disk helper failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
     seen = json.loads(listing.read_text())
-    return DiskRun(seen["returncode"], proc.stdout, proc.stderr, seen["files"], seen["size"], seen["free"], " ".join(prefix))
+    return DiskRun(seen["returncode"], proc.stdout, proc.stderr, seen["files"], seen["texts"], seen["size"], seen["free"],
+                   " ".join(prefix))
 
 
 def _listing(mount: Path) -> dict[str, int]:
@@ -305,7 +311,9 @@ def _small_disk_main(args: list[str]) -> int:
             handle.write(b"\0" * fill)
     returncode = subprocess.run(command).returncode
     stat = os.statvfs(mount)
-    listing.write_text(json.dumps({"returncode": returncode, "files": _listing(mount),
+    texts = {name: (mount / name).read_text(errors="replace") for name, size in _listing(mount).items()
+             if name.endswith(".json") and size < 4096}
+    listing.write_text(json.dumps({"returncode": returncode, "files": _listing(mount), "texts": texts,
                                    "size": stat.f_blocks * stat.f_frsize, "free": stat.f_bavail * stat.f_frsize}))
     return returncode
 

@@ -143,6 +143,9 @@ def test_run_local_on_a_full_registry_disk_exits_1_with_one_line(tmp_path, tiny_
     assert run.last_line.startswith("error: model registration failed: DiskFullError: model registration: no space left "
                                     f"on device writing {small}/registry/medical-embeddings/v0001/model/"), run.last_line
     assert "then run again: it takes the next version number (full log: " in run.last_line
-    assert sorted(run.files) == ["registry/medical-embeddings/v0001/CLAIM"], run.files
+    records = [name for name in run.files if name.startswith("registry/medical-embeddings/runs/")]
+    assert sorted(set(run.files) - set(records)) == ["registry/medical-embeddings/v0001/CLAIM"], run.files
+    # The run's record (written by the pipeline's exit handler once the cleanup freed space) says it failed.
+    assert len(records) == 1 and json.loads(run.texts[records[0]])["state"] != "SUCCEEDED", run.texts
     observe(f"exit code {run.returncode}; last line: {run.last_line}")
-    observe(f"left on the disk: {sorted(run.files)}; isolation: {run.isolation}")
+    observe(f"left on the disk: {sorted(run.files)}; the run record: {run.texts[records[0]]}; isolation: {run.isolation}")

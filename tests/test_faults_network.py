@@ -103,7 +103,7 @@ def test_run_local_with_the_endpoint_down_exits_1(proxy, tmp_path, tiny_model_di
     assert last.startswith(f"error: data snapshot failed: StorageError: cannot list s3://medembed-data/pairs.jsonl at "
                            f"{proxy.endpoint}: cannot connect (2 attempts"), last
     assert "connection refused" in last and "full log: " in last, last
-    assert not (tmp_path / "registry").exists()
+    assert not list((tmp_path / "registry").rglob("manifest.json")), "nothing registered"
     observe(f"exit code {run.returncode}; last line: {last}")
 
 
