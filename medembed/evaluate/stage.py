@@ -8,12 +8,12 @@ import logging
 import tempfile
 from pathlib import Path
 
+from .. import diskspace
 from ..artifacts import RESULTS_FILE, TrainingInfo
 from ..config import PipelineConfig, RegistryConfig
 from ..models import setup_logging
 from ..registry import ModelRegistry, RegistryError
 from ..storage import StorageError, open_store
-from .. import diskspace
 from . import report
 from .evaluator import Champion, evaluate
 from .tables import comparison_text
