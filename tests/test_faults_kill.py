@@ -78,17 +78,22 @@ def test_kill_9_at_random_training_steps(s3_endpoint, tmp_path, tiny_model_dir):
     resumed_at, story = 0, []
     for kill in range(KILLS):
         remaining_kills = KILLS - kill
-        kill_after = rng.randint(resumed_at + 1, TOTAL_STEPS - remaining_kills)
+        if resumed_at + 1 > TOTAL_STEPS - 2:
+            break  # an earlier kill landed late: too few steps left for another (the story says how many kills ran)
+        # Leave room for the kills still to come, and never kill so late that the run could finish first.
+        kill_after = rng.randint(resumed_at + 1, max(resumed_at + 1, TOTAL_STEPS - 1 - remaining_kills))
         delay = rng.uniform(0.0, 0.15)
         attempt = _attempt(overrides, train_dir, tmp_path / "model", tmp, kill_after, delay)
         assert attempt["returncode"] == -signal.SIGKILL, f"seed {seed}: not killed: {attempt['stderr'][-2000:]}"
         assert attempt["steps"][0] == resumed_at + 1, f"seed {seed}: attempt started at {attempt['steps'][:1]}, not {resumed_at + 1}"
         reached = attempt["steps"][-1]
         intact = checkpoints.CheckpointStore(f"{uri}/killed-run").steps()
+        newest = intact[0] if intact else 0  # 0: killed before the first checkpoint was complete, the retry starts over
         # Checkpoint n is saved after step n is reported: the newest complete one is the step reached or the one before.
-        assert intact and intact[0] in (reached - 1, reached), f"seed {seed}: reached {reached}, complete checkpoints {intact}"
-        story.append(f"killed {delay * 1000:.0f} ms after step {kill_after} (reached {reached}, newest complete checkpoint {intact[0]})")
-        resumed_at = intact[0]
+        assert newest in (reached - 1, reached), f"seed {seed}: reached {reached}, complete checkpoints {intact}"
+        story.append(f"killed {delay * 1000:.0f} ms after step {kill_after} (reached {reached}, newest complete checkpoint "
+                     f"{newest or 'none'})")
+        resumed_at = newest
         assert len([p for p in tmp.iterdir() if p.name.startswith("medembed-train-")]) == 1, "the killed attempt's scratch folder"
 
     final = _attempt(overrides, train_dir, tmp_path / "model", tmp, None, 0.0)
@@ -109,7 +114,8 @@ def test_kill_9_at_random_training_steps(s3_endpoint, tmp_path, tiny_model_dir):
     weights = load_file(str(tmp_path / "model" / "model.safetensors"))
     difference = max(float((reference[k] - weights[k]).abs().max()) for k in reference)
     assert difference < 1e-5, f"seed {seed}: weights differ from an uninterrupted run by {difference}"
-    observe(f"seed {seed}: " + "; ".join(story))
+    assert len(story) >= 2, f"seed {seed}: only {len(story)} kill(s) landed"
+    observe(f"seed {seed}, {len(story)} kills: " + "; ".join(story))
     observe(f"final attempt resumed at step {resumed_at} and ran steps {result['ran'][0]}..{result['ran'][-1]}; largest "
             f"weight difference to an uninterrupted run {difference:.1e}; scratch folders left: 0; checkpoints left: "
             f"{', '.join(folders)} (all complete)")
