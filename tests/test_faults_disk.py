@@ -96,9 +96,9 @@ EXPECTED = {
 }
 
 
-@case(fault="disk full: {id}", promise="one DiskFullError naming the full folder, its free space and what to do; nothing "
+@case(fault="a full disk: {id}", promise="one DiskFullError naming the full folder, its free space and what to do; nothing "
       "half-written left (outputs, scratch, checkpoint, version); the same stage succeeds once space is freed")
-@pytest.mark.parametrize("name", list(SCENARIOS))
+@pytest.mark.parametrize("name", list(SCENARIOS), ids=list(SCENARIOS.values()))
 def test_a_full_disk_in_each_stage_is_one_message_and_leaves_nothing_half_written(disk_runs, name):
     full, retry = disk_runs["outcomes"][name]["full"], disk_runs["outcomes"][name]["retry"]
     stage, place, may_stay = EXPECTED[name]
@@ -114,7 +114,7 @@ def test_a_full_disk_in_each_stage_is_one_message_and_leaves_nothing_half_writte
         assert left == [], f"{name}: half-written files left in {watched}: {left}"
     assert full["tmp_files"] == {}, f"{name}: scratch files left: {sorted(full['tmp_files'])[:5]}"
     assert retry["error"] is None, retry["error"] and retry["error"]["traceback"]
-    observe(f"{SCENARIOS[name]}, {full['free_before'] // KIB} KiB free: {error['type']}: {message}")
+    observe(f"{full['free_before'] // KIB} KiB free: {error['type']}: {message}")
     observe(f"left behind: {sum(len(f) for f in full['files'].values())} file(s)"
             + (f" (only {', '.join(may_stay.values())})" if may_stay else "") + f"; with space again: {retry['result']}")
     if name == "train-checkpoints":
