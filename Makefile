@@ -16,12 +16,15 @@ export PYTHONUNBUFFERED := 1
 
 setup: $(STAMP)
 
+# pip's output goes to $(VENV)/setup.log (shown if the install fails): a few minutes on a fresh machine.
 $(STAMP): requirements.lock pyproject.toml
-	@echo ">> creating $(VENV) and installing pinned dependencies (torch==2.13.0 CPU build)"
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	rm -f $(VENV)/.installed-* && touch $@
+	@echo ">> creating $(VENV) and installing the pinned dependencies (torch==2.13.0 CPU build; log: $(VENV)/setup.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@( $(PY) -m pip install --disable-pip-version-check -r requirements.lock \
+	   && $(PY) -m pip install --disable-pip-version-check --no-deps -e . ) > $(VENV)/setup.log 2>&1 \
+	   || { tail -n 30 $(VENV)/setup.log; echo "setup failed: see $(VENV)/setup.log"; exit 1; }
+	@rm -f $(VENV)/.installed-* && touch $@
+	@echo ">> $(VENV) ready"
 
 ## Run the whole pipeline locally (kfp.local, bundled MiniLM + MedQuAD sample, CPU).
 run: setup

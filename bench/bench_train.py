@@ -1,8 +1,11 @@
-"""Training throughput: (a) naive sentence-transformers defaults vs (b) the product's own training path.
+"""Training throughput, side by side in one run: naive ST defaults, what a competent user would run, the product.
 
-(a) SentenceTransformerTrainer + MatryoshkaLoss(MNRL), fp32, batch 32, library defaults.
-(b) `medembed.train.recipe.train` itself (the code the training stage runs) with the cluster profile's
-    TrainConfig and the overrides given (default: cached_mnrl, batch 1024).
+(a) naive: SentenceTransformerTrainer + MatryoshkaLoss(MNRL), fp32, batch 32, library defaults.
+(b) competent: SentenceTransformerTrainer, bf16, MatryoshkaLoss(CachedMultipleNegativesRankingLoss) at
+    batch 1024 in mini-batches of 128, rows of each batch sorted by passage length, e5 prompts, 4 tokenising
+    workers, TF32 and cuDNN attention off (the product's own torch settings, docs/STACK-NOTES.md §3), fused AdamW.
+(c) product: `medembed.train.recipe.train` itself (the code the training stage runs) with the cluster profile's
+    TrainConfig and the overrides given (default: cached_mnrl, batch 1024, 40,960-token mini-batches).
 
 Model: random-init e5-large shape (XLM-R large: 24 layers, hidden 1024, 16 heads, intermediate 4096,
 vocab 250002) on a GPU; a 2-layer toy on CPU (`--shape tiny`, for CI). Synthetic pairs with
@@ -79,7 +82,9 @@ def build_model(shape: str, tokenizer_dir: str, target: Path) -> Path:
     config = XLMRobertaConfig(**SHAPES[shape], max_position_embeddings=514, type_vocab_size=1, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     hf_dir = target / "hf"
-    XLMRobertaModel(config).save_pretrained(hf_dir)
+    # Random init of 560M parameters takes tens of seconds on a CPU; on the GPU, a second.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        XLMRobertaModel(config).save_pretrained(hf_dir)
     tok.save_pretrained(hf_dir)
     transformer = Transformer(str(hf_dir), max_seq_length=512)
     model = SentenceTransformer(modules=[transformer, Pooling(config.hidden_size, pooling_mode="mean"), Normalize()], device="cpu")
@@ -128,15 +133,36 @@ def model_flops(model, lengths: list[int], train: bool) -> float:
     return sum(factor * params * n + attn * n * n for n in lengths)
 
 
-class StepTimer:
-    """TrainerCallback timing steps after `warmup` steps (synchronising the GPU at the boundaries)."""
+def _compiled_graphs() -> int:
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(counters["stats"].get("unique_graphs", 0))
 
-    def __new__(cls, warmup: int):
+
+class StepTimer:
+    """TrainerCallback timing `timed` steps once warm-up is over (synchronising the GPU at the boundaries).
+
+    Warm-up lasts at least `warmup` steps and goes on until no torch.compile graph was built during the last
+    `settle` steps (or `max_warmup` steps have run): the first H200 run of issue 14 timed steps 3-6 while the
+    product's compiled layers were still compiling. Graphs built inside the timed window are counted
+    (`graphs_while_timed`); the bench fails loudly if any were. With `profile` set, the step after the timed
+    window runs under torch.profiler (not timed). Training stops after that."""
+
+    def __new__(cls, warmup: int, timed: int, max_warmup: int = 0, settle: int = 2, profile_dir: str | None = None):
         from transformers import TrainerCallback
 
         class _Timer(TrainerCallback):
             def __init__(self):
-                self.warmup, self.start, self.steps, self.seconds = warmup, None, 0, 0.0
+                self.warmup, self.timed = warmup, timed
+                self.max_warmup, self.settle = max(max_warmup, warmup), max(settle, 0)
+                self.start, self.start_step, self.steps, self.seconds = None, None, 0, 0.0
+                self.graphs_by_step = [_compiled_graphs()]  # graphs built so far, after each step (index 0: before)
+                self.graphs_at_start = self.graphs_while_timed = 0
+                self.step_log = []  # (seconds, graphs compiled) of each timed step
+                self.profile = None
+                self._prof = None
 
             def _sync(self):
                 import torch
@@ -144,14 +170,48 @@ class StepTimer:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
 
+            def on_step_begin(self, args, state, control, **kwargs):
+                if profile_dir and self.start_step is not None and state.global_step == self.start_step + self.timed:
+                    import torch
+                    from torch.profiler import ProfilerActivity, profile
+
+                    self._sync()
+                    cuda = torch.cuda.is_available()
+                    self._prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+                    self._prof.__enter__()
+                    self._prof_start = time.perf_counter()
+
             def on_step_end(self, args, state, control, **kwargs):
                 self._sync()
                 now = time.perf_counter()
-                if state.global_step == self.warmup:
-                    self.start = now
-                elif state.global_step > self.warmup and self.start is not None:
-                    self.steps = state.global_step - self.warmup
+                step = state.global_step
+                if self._prof is not None:
+                    import torch
+
+                    from profile_train import summarise
+
+                    self._prof.__exit__(None, None, None)
+                    self.profile = summarise(self._prof, now - self._prof_start, torch.cuda.is_available(), Path(profile_dir))
+                    self._prof = None
+                    control.should_training_stop = True
+                    return
+                graphs = _compiled_graphs()
+                if self.start_step is None:
+                    self.graphs_by_step.append(graphs)
+                    settled = step >= self.settle and graphs == self.graphs_by_step[step - self.settle]
+                    if step >= self.warmup and (settled or step >= self.max_warmup):
+                        self.start, self.start_step, self.graphs_at_start = now, step, graphs
+                    return
+                if step <= self.start_step + self.timed:
+                    self.steps = step - self.start_step
+                    # Per timed step: seconds and graphs compiled (a step that compiled is seen at once).
+                    self.step_log.append((round(now - self.start - self.seconds, 3), graphs - self.graphs_by_step[-1]))
+                    self.graphs_by_step.append(graphs)
                     self.seconds = now - self.start
+                    # Graphs torch.compile built inside the timed window: > 0 means warm-up was too short.
+                    self.graphs_while_timed = graphs - self.graphs_at_start
+                if step >= self.start_step + self.timed and not profile_dir:
+                    control.should_training_stop = True
 
         return _Timer()
 
@@ -162,9 +222,14 @@ def run_variant(variant: str, spec: dict) -> dict:
     model_dir, tokenizer_dir = Path(spec["model_dir"]), spec["tokenizer"]
     batch = spec["naive_batch"] if variant == "naive" else spec["overrides"].get("batch_size", 1024)
     # Small naive steps are quick: time more of them for a stable figure.
-    steps = spec["warmup"] + spec["steps"] * (3 if variant == "naive" else 1)
+    timed = spec["steps"] * (3 if variant == "naive" else 1)
+    profile_dir = spec.get("profile") if variant == "product" else None
+    max_warmup = max(spec.get("max_warmup", 0), spec["warmup"])
+    # Rows for the longest warm-up, the timed steps and the profiled one; training stops after those.
+    # The same generator and seed for every variant: a variant's rows are a prefix of a longer one's.
+    steps = max_warmup + timed + 1
     rows = synthetic_pairs(tokenizer_dir, batch * steps, seed=1)
-    timer = StepTimer(spec["warmup"])
+    timer = StepTimer(spec["warmup"], timed, max_warmup=max_warmup, settle=spec.get("settle", 2), profile_dir=profile_dir)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -172,10 +237,13 @@ def run_variant(variant: str, spec: dict) -> dict:
         work = Path(work)
         if variant == "naive":
             model, info = _train_naive(model_dir, rows, batch, work, timer)
+        elif variant == "competent":
+            model, info = _train_competent(model_dir, rows, spec["competent"], work, timer)
         else:
             model, info = _train_product(model_dir, rows, spec["overrides"], work, timer)
-    q_prompt = (model.prompts or {}).get("query", "") if variant == "product" else ""
-    p_prompt = (model.prompts or {}).get("document", "") if variant == "product" else ""
+    prompted = variant in ("product", "competent")
+    q_prompt = (model.prompts or {}).get("query", "") if prompted else ""
+    p_prompt = (model.prompts or {}).get("document", "") if prompted else ""
     measured_rows = rows
     q_len = token_lengths(model, [r["anchor"] for r in measured_rows], q_prompt)
     p_len = token_lengths(model, [r["positive"] for r in measured_rows], p_prompt)
@@ -193,6 +261,17 @@ def run_variant(variant: str, spec: dict) -> dict:
         "real_tokens_per_pair": round(per_pair_tokens, 1),
     }
     result.update(info)
+    result["warmup_steps"] = timer.start_step
+    result["graphs_compiled_by_step"] = timer.graphs_by_step
+    result["timed_steps"] = [{"seconds": sec, "graphs_compiled": g} for sec, g in timer.step_log]
+    result["graphs_compiled_while_timed"] = timer.graphs_while_timed
+    result["graphs_compiled_total"] = _compiled_graphs()
+    if timer.steps < timed:
+        result["invalid"] = f"only {timer.steps} of {timed} steps were timed"
+    elif timer.graphs_while_timed:
+        result["invalid"] = f"{timer.graphs_while_timed} graph(s) compiled inside the timed window: warm-up too short"
+    if timer.profile is not None:
+        result["profile"] = timer.profile
     return result
 
 
@@ -211,6 +290,41 @@ def _train_naive(model_dir, rows, batch, work, timer):
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss, callbacks=[timer])
     trainer.train()
     return model, {"config": "sentence-transformers defaults: fp32, MNRL in MatryoshkaLoss, batch %d" % batch}
+
+
+def _train_competent(model_dir, rows, options, work, timer):
+    """What a competent sentence-transformers user runs for large-batch contrastive training."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss, MatryoshkaLoss
+
+    from medembed.models import configure_torch
+    from medembed.train.losses import LengthSortedCollator
+
+    device = configure_torch()
+    model = SentenceTransformer(str(model_dir), device=device)
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    dims = [d for d in (1024, 768, 512, 384, 256, 128, 64) if d <= model.get_embedding_dimension()] or [model.get_embedding_dimension()]
+    inner = CachedMultipleNegativesRankingLoss(model, mini_batch_size=options["mini_batch_size"])
+    loss = MatryoshkaLoss(model, inner, matryoshka_dims=dims)
+    cuda = torch.cuda.is_available()
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work / "out"), per_device_train_batch_size=options["batch_size"], num_train_epochs=1,
+        bf16=cuda, batch_sampler=BatchSamplers.NO_DUPLICATES, prompts={"anchor": "query: ", "positive": "passage: "},
+        save_strategy="no", report_to="none", logging_steps=1000, dataloader_drop_last=True,
+        dataloader_num_workers=4 if cuda else 0, optim="adamw_torch_fused" if cuda else "adamw_torch",
+        learning_rate=2e-5, warmup_steps=0,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss, callbacks=[timer])
+    trainer.data_collator = LengthSortedCollator(trainer.data_collator)
+    trainer.train()
+    return model, {"config": {"trainer": "SentenceTransformerTrainer", "bf16": cuda, "batch_size": options["batch_size"],
+                              "loss": "MatryoshkaLoss(CachedMultipleNegativesRankingLoss)",
+                              "mini_batch_size": options["mini_batch_size"], "rows_sorted_by_length": True,
+                              "prompts": True, "dataloader_workers": 4 if cuda else 0, "tf32": cuda,
+                              "cudnn_attention": False, "optimizer": args.optim}}
 
 
 def _train_product(model_dir, rows, overrides, work, timer):
@@ -232,7 +346,7 @@ def _train_product(model_dir, rows, overrides, work, timer):
     config = dataclasses.replace(config, **overrides)
     result = recipe.train(train_dir, work / "model", config, work / "work", callbacks=[timer])
     model = SentenceTransformer(str(work / "model"), device="cpu")
-    used = {k: v for k, v in dataclasses.asdict(config).items() if k in ("loss", "batch_size", "mini_batch_size", "mini_batch_tokens", "sort_by_length", "dataloader_workers", "max_seq_length", "packed_attention", "compile_layers")}
+    used = {k: v for k, v in dataclasses.asdict(config).items() if k in ("loss", "batch_size", "mini_batch_size", "mini_batch_tokens", "sort_by_length", "dataloader_workers", "max_seq_length", "packed_attention", "compile_layers", "compute_copy", "gradcache_keep_graph", "optimizer")}
     return model, {"config": used, "bf16": result.bf16, "packed": result.packed_attention, "train_loss": result.train_loss}
 
 
@@ -243,13 +357,22 @@ def versions() -> dict:
     import torch
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("transformers", "sentence-transformers", "datasets", "accelerate"):
+    for name in ("transformers", "sentence-transformers", "tokenizers", "datasets", "accelerate", "triton"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = None
     out["cuda"] = torch.version.cuda
     out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        try:
+            out["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=20).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            out["driver"] = None
+    out["cpu_count"] = os.cpu_count()
+    # Unset = the tokenizers library's default (parallel); "false" made the first run's ST baselines serial.
+    out["TOKENIZERS_PARALLELISM"] = os.environ.get("TOKENIZERS_PARALLELISM")
     return out
 
 
@@ -265,12 +388,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: e5-large on GPU, tiny on CPU")
     parser.add_argument("--tokenizer", default=None)
-    parser.add_argument("--variants", default="naive,product")
+    parser.add_argument("--variants", default="naive,competent,product")
+    parser.add_argument("--competent-batch", type=int, default=None, help="default 1024 on GPU, 64 on CPU")
+    parser.add_argument("--competent-mini-batch", type=int, default=None, help="default 128 on GPU, 16 on CPU")
+    parser.add_argument("--profile", default=None, help="profile one more step of the product variant into this folder")
+    parser.add_argument("--timeout", type=int, default=0, help="seconds per variant process (0 = none)")
     parser.add_argument("--product", action="append", default=[], help="TrainConfig override for (b), key=value (repeatable)")
     parser.add_argument("--extra", action="append", default=[], help="extra product variants: 'name:key=value,key=value'")
     parser.add_argument("--naive-batch", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=3, help="least warm-up steps")
+    parser.add_argument("--max-warmup", type=int, default=12,
+                        help="warm-up goes on (at most this many steps) until no graph was compiled for --settle steps")
+    parser.add_argument("--settle", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps (3x for naive)")
+    parser.add_argument("--variant-timeout", action="append", default=[],
+                        help="name=seconds: this variant's process limit instead of --timeout (repeatable)")
     parser.add_argument("--peak-tflops", type=float, default=790.0)
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--out", default=None)
@@ -290,27 +422,45 @@ def main() -> None:
     for extra in args.extra:
         name, _, body = extra.partition(":")
         variants.append((name, {**overrides, **parse_overrides([kv for kv in body.split(",") if kv])}))
+    timeouts = {k: int(v) for k, _, v in (t.partition("=") for t in args.variant_timeout)}
     results = {}
     for name, over in variants:
+        gpu = shape != "tiny"
+        competent = {"batch_size": args.competent_batch or (1024 if gpu else 64),
+                     "mini_batch_size": args.competent_mini_batch or (128 if gpu else 16)}
+        if name == "competent":
+            over = {"batch_size": competent["batch_size"]}
         spec = {"model_dir": str(model_dir), "tokenizer": tokenizer, "overrides": over, "naive_batch": args.naive_batch,
-                "warmup": args.warmup, "steps": args.steps, "peak_tflops": args.peak_tflops}
-        kind = "naive" if name == "naive" else "product"
+                "warmup": args.warmup, "max_warmup": args.max_warmup, "settle": args.settle, "steps": args.steps, "peak_tflops": args.peak_tflops, "competent": competent,
+                "profile": args.profile if name == "product" else None}
+        kind = name if name in ("naive", "competent") else "product"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", json.dumps(spec)], env=env,
-                              capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            results[name] = {"error": (proc.stderr or proc.stdout)[-3000:]}
-        else:
-            results[name] = json.loads(lines[-1][7:])
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", json.dumps(spec)], env=env,
+                                  capture_output=True, text=True, timeout=timeouts.get(name, args.timeout) or None)
+            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                results[name] = {"error": (proc.stderr or proc.stdout)[-3000:]}
+            else:
+                results[name] = json.loads(lines[-1][7:])
+        except subprocess.TimeoutExpired as exc:
+            results[name] = {"error": f"timed out after {timeouts.get(name, args.timeout)} s", "stderr_tail": str(exc.stderr or "")[-2000:]}
         print(f"{name}: {json.dumps(results[name])[:600]} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        for base in ("naive", "competent"):
+            valid = lambda r: r.get("pairs_per_s") and "invalid" not in r  # noqa: E731
+            if valid(results.get("product", {})) and valid(results.get(base, {})):
+                results["product"][f"speedup_vs_{base}"] = round(results["product"]["pairs_per_s"] / results[base]["pairs_per_s"], 3)
         report = {**results, "shape": shape, "peak_tflops": args.peak_tflops,
                   "lengths": {"query_tokens": QUERY_TOKENS, "passage_tokens": PASSAGE_TOKENS}, "versions": versions()}
         if args.out:  # after every variant: a run cut short still leaves what it measured
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
+    bad = {name: r.get("invalid") or "error" for name, r in results.items() if "invalid" in r or "error" in r}
+    if bad:  # loudly: a figure with compilation (or an error) in it must not be quoted
+        print(f"BENCH INVALID: {json.dumps(bad)}", file=sys.stderr, flush=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

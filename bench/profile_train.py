@@ -31,7 +31,15 @@ CATEGORIES = [
 ]
 
 
+# Inductor names a fused kernel after every op it fused ("triton_per_fused__to_copy_add_native_dropout_native_
+# layer_norm_..."): one that also normalises / activates / adds is compute, not a copy. (The profiles of
+# the previous session counted such kernels as "copy_cast_scatter" because "copy" matched first.)
+_TRITON_COMPUTE = re.compile(r"layer_norm|gelu|dropout|_add|_mul|_sum|_mean|tanh|_exp|_div|_sub|softmax|_rsqrt|_pow", re.I)
+
+
 def categorise(name: str) -> str:
+    if name.startswith("triton_"):
+        return "elementwise_norm_fused" if _TRITON_COMPUTE.search(name) else "copy_cast_scatter"
     for category, pattern in CATEGORIES:
         if pattern.search(name):
             return category

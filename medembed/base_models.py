@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from .artifacts import folder_checksums
+from .registry import RegistryError
 from .storage import StorageError, open_store
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ MANIFEST = "medembed-base-model.json"
 CACHE_ENV = "MEDEMBED_MODEL_CACHE"
 
 
-class BaseModelError(StorageError):
+class BaseModelError(RegistryError):
     """A base model that cannot be imported or fetched; the message names the URI and the way out."""
 
 

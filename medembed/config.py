@@ -38,6 +38,11 @@ AUTO = "auto"
 PII_ACTIONS = ("redact", "fail", "off")
 LOSSES = ("mnrl", "cached_mnrl")
 SWITCHES = ("auto", "on", "off")
+# torch.compile modes of the packed-row graph encoder (graph_encoder.py); "reduce-overhead" replays CUDA
+# graphs, "aot_eager" traces without compiling (CPU tests), "off" runs it eagerly.
+GRAPH_COMPILE_MODES = ("reduce-overhead", "default", "max-autotune", "aot_eager", "off")
+# Optimizers the training recipe accepts; "auto" leaves transformers' default (fused AdamW with torch >= 2.8).
+OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused")
 PRECISIONS = ("float32", "int8", "binary", "binary_rescore")
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 BEST_METRIC_PATTERN = r"(mean|dim\d+)_(ndcg|mrr)@10"
@@ -196,7 +201,7 @@ class DataConfig(_Section):
 TRAIN_OPERATIONAL_FIELDS = frozenset({
     "checkpoint_uri", "checkpoint_steps", "checkpoint_keep", "dataloader_workers", "packed_attention",
     "compile_layers", "mini_batch_size", "mini_batch_tokens", "sort_by_length", "num_processes", "force_retrain",
-    "keep_checkpoints",
+    "keep_checkpoints", "gradcache_keep_graph",
 })
 
 
@@ -235,6 +240,12 @@ class TrainConfig(_Section):
     packed_attention: str = "auto"
     # torch.compile of each encoder layer on the packed path: "auto" = on CUDA, "on", "off".
     compile_layers: str = "auto"
+    # bf16 compute copy + fp32 masters (mixed.py; CUDA, packed, full FT, 1 process); opt-in: quality unmeasured on GPU.
+    compute_copy: str = "off"
+    # cached_mnrl: the largest mini-batch keeps its first-pass graph, not re-embedded (same gradients; test_gradcache).
+    gradcache_keep_graph: bool = True
+    # transformers `optim`: "auto" = the trainer's default (fused AdamW, torch >= 2.8), adamw_torch, adamw_torch_fused.
+    optimizer: str = "auto"
     # Processes (one per GPU) on this node; 0 = one per visible GPU (1 on CPU).
     num_processes: int = 0
     # With several processes, score each query against the other processes' passages too.
@@ -277,6 +288,8 @@ class TrainConfig(_Section):
         self._at_least("dataloader_workers", -1)
         self._one_of("packed_attention", SWITCHES)
         self._one_of("compile_layers", SWITCHES)
+        self._one_of("compute_copy", SWITCHES)
+        self._one_of("optimizer", OPTIMIZERS)
         self._at_least("num_processes", 0)
         self._at_least("checkpoint_steps", 1)
         self._at_least("checkpoint_keep", 1)
@@ -327,6 +340,12 @@ class EvalConfig(_Section):
     # Encoder speed on GPU, as in TrainConfig: padding-free forward and compiled layers ("auto" = on CUDA).
     packed_attention: str = "auto"
     compile_layers: str = "auto"
+    # Packed-row graph encoder (graph_encoder.py), "auto" = on CUDA; H200: cosine >= 0.99997 vs ST fp32 encode.
+    graph_encoder: str = "auto"
+    # Its torch.compile mode: "reduce-overhead" (CUDA graphs), "default", "max-autotune", "aot_eager", "off".
+    graph_compile: str = "reduce-overhead"
+    # Real tokens per packed row of the graph encoder (one CUDA graph per row shape; never below max_seq_length).
+    row_tokens: int = 16384
 
     def __post_init__(self):
         self._at_least("batch_size", 1)
@@ -345,6 +364,9 @@ class EvalConfig(_Section):
             self._fail("extra_collections", "entries must be folders or s3:// prefixes, not empty")
         self._one_of("packed_attention", SWITCHES)
         self._one_of("compile_layers", SWITCHES)
+        self._one_of("graph_encoder", SWITCHES)
+        self._one_of("graph_compile", GRAPH_COMPILE_MODES)
+        self._within("row_tokens", 512, 1_048_576)
 
 
 @dataclass(frozen=True)

@@ -11,30 +11,44 @@ training, benchmarks), so speed work lands in one place:
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
 from typing import Literal
 
 Kind = Literal["query", "document"]
+log = logging.getLogger(__name__)
 
 
 def encode(model, texts: list[str], kind: Kind, batch_size: int, show_progress_bar: bool = True,
-           packed_attention: str = "auto", compile_layers: str = "auto", workers: int = -1):
+           packed_attention: str = "auto", compile_layers: str = "auto", workers: int = -1,
+           graph: str = "auto", graph_compile: str = "reduce-overhead", row_tokens: int = 0):
     """Full-dimension embeddings (float32 torch tensor, rows in input order) with the model's prompt
     for `kind` ("query" or "document").
 
-    On CUDA the model is switched to the packed forward in place (packing.enable; "auto" modes) and
-    stays so. `workers`: tokenising processes, -1 = up to 8 on CUDA, 0 on CPU."""
+    `graph` ("auto" = on CUDA): the packed-row path of graph_encoder.py (whole encoder compiled once,
+    `graph_compile` mode, CUDA graphs, rows of `row_tokens` real tokens, 0 = its default); `batch_size`
+    does not apply there. Otherwise, on CUDA the model is switched to the packed forward in place
+    (packing.enable; "auto" modes) and stays so. `workers`: tokenising processes, -1 = up to 8 on
+    CUDA, 0 on CPU."""
     import torch
 
-    from . import packing
+    from . import graph_encoder, packing
 
     device = getattr(model, "device", torch.device("cpu"))
     cuda = device.type == "cuda"
-    packing.apply(model, packed_attention, compile_layers, device.type, where="packed_attention")
     if workers < 0:
         workers = default_workers(device.type)
     prompt = (model.prompts or {}).get(kind, "")
+    if graph_encoder.wanted(graph, device.type) and packed_attention != "off":
+        reason = graph_encoder.supported(model)
+        if reason is None:
+            return graph_encoder.encode(model, texts, prompt, workers, show_progress_bar, compile_mode=graph_compile,
+                                        row_tokens=row_tokens or graph_encoder.ROW_TOKENS)
+        if graph == "on":
+            raise ValueError(f"graph encoder requested but {reason}")
+        log.info("graph encoder not used: %s", reason)
+    packing.apply(model, packed_attention, compile_layers, device.type, where="packed_attention")
     # Only an fp32 model needs autocast; a bf16/fp16 one already runs on the matrix units' fast path.
     fast = cuda and next(model.parameters()).dtype == torch.float32
     with torch.autocast("cuda", dtype=torch.bfloat16) if fast else nullcontext():

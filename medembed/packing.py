@@ -33,6 +33,7 @@ MODES = ("auto", "on", "off")
 MAX_LENGTH_BUCKET = 128  # flash attention's block length: larger bounds only add blocks that exit at once
 _ORIGINAL_FORWARD = "_medembed_padded_forward"
 _PREPACKED = "medembed_prepacked"
+LENGTHS_KEY = "medembed_lengths"  # per-text token counts on the CPU (gradcache.LengthsCollator)
 _registered = False
 
 
@@ -119,6 +120,9 @@ def disable(model):
     if original is None:
         return model
     del transformer.forward  # the instance attribute; the class's padded forward shows again
+    compute = transformer.__dict__.pop("_medembed_compute", None)  # mixed.py's bf16 compute copy
+    if compute is not None:
+        compute.close()
     transformer.auto_model.set_attn_implementation(transformer.__dict__.pop("_medembed_previous_attention") or "sdpa")
     return model
 
@@ -166,6 +170,41 @@ def pack(features: dict, offset: int):
     return packed, index
 
 
+def pack_lengths(features: dict, lengths, offset: int):
+    """`pack` for right-padded texts whose lengths are known on the CPU (numpy): positions, boundaries
+    and the token index computed there, so the forward never waits for the GPU. The ids themselves are
+    gathered on the device by the caller."""
+    import numpy as np
+    import torch
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    width = features["attention_mask"].shape[1]
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    total = int(lengths.sum())
+    within = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+    index = np.repeat(np.arange(len(lengths), dtype=np.int64) * width, lengths) + within
+    cu_seq_lens = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=cu_seq_lens[1:])
+    max_length = -(-width // MAX_LENGTH_BUCKET) * MAX_LENGTH_BUCKET
+    packed = {
+        "position_ids": torch.from_numpy(within + offset).unsqueeze(0),
+        "cu_seq_lens_q": torch.from_numpy(cu_seq_lens),
+        "cu_seq_lens_k": torch.from_numpy(cu_seq_lens),
+        "max_length_q": max_length,
+        "max_length_k": max_length,
+    }
+    return packed, torch.from_numpy(index)
+
+
+def _to_device(value, device, pin: bool):
+    if not hasattr(value, "to"):
+        return value
+    if pin and value.device.type == "cpu":
+        value = value.pin_memory()
+    return value.to(device, non_blocking=True)
+
+
 def prepack(model, features: dict) -> dict:
     """Add the packed layout to CPU tokenizer features (for a packed `model`), so a DataLoader worker
     computes it instead of the forward, whose `nonzero` on the GPU would stall it once per batch.
@@ -180,17 +219,37 @@ def _packed_forward(self, features: dict, **kwargs) -> dict:
     """Replacement for sentence-transformers' Transformer.forward (bound to the module instance)."""
     padded_forward = getattr(self, _ORIGINAL_FORWARD)
     prepacked = features.pop(_PREPACKED, None)
+    lengths = features.pop(LENGTHS_KEY, None)
     if features.get("modality", "text") != "text" or "attention_mask" not in features or kwargs:
         return padded_forward(features, **kwargs)
     mask = features["attention_mask"]
     batch, length = mask.shape
+    if prepacked is None and lengths is not None and len(lengths) == batch:
+        # Right-padded texts of known lengths (gradcache.LengthsCollator): the layout from the CPU, no sync.
+        prepacked = pack_lengths(features, lengths, self._medembed_position_offset)
     if prepacked is not None:
         packed, index = prepacked
-        packed = {k: v.to(mask.device, non_blocking=True) if hasattr(v, "to") else v for k, v in packed.items()}
-        index = index.to(mask.device, non_blocking=True)
+        pin = mask.device.type == "cuda"
+        packed = {k: _to_device(v, mask.device, pin) for k, v in packed.items()}
+        index = _to_device(index, mask.device, pin)
+        if "input_ids" not in packed:  # pack_lengths gathers the ids on the device
+            flat = features["input_ids"].reshape(-1)
+            packed["input_ids"] = flat.index_select(0, index).unsqueeze(0)
+            if features.get("token_type_ids") is not None:
+                packed["token_type_ids"] = features["token_type_ids"].reshape(-1).index_select(0, index).unsqueeze(0)
     else:
         packed, index = pack(features, self._medembed_position_offset)
-    hidden = self.auto_model(**packed, return_dict=True).last_hidden_state[0]
+    encoder = getattr(self, "_medembed_compute", None)
+    if encoder is not None:  # bf16 compute copy (mixed.py): autocast would cast LayerNorm back to fp32
+        import torch
+
+        encoder.train(self.training)
+        with torch.autocast(mask.device.type, enabled=False):
+            # fp32 out, as under autocast (whose last LayerNorm returns fp32): pooling, normalisation and
+            # the contrastive loss keep their fp32 precision.
+            hidden = encoder.run(packed).float()
+    else:
+        hidden = self.auto_model(**packed, return_dict=True).last_hidden_state[0]
     # index_copy is differentiable: gradients flow back to the real tokens only.
     token_embeddings = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy(0, index, hidden)
     features[self.module_output_name] = token_embeddings.view(batch, length, -1)
@@ -217,9 +276,30 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
             out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k)
         else:
             out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k, scale=scaling)
+    elif _compiling():
+        out = _attention_masked(q, k, v, cu_seq_lens_q, scaling)
     else:
         out = _attention_per_text(q, k, v, cu_seq_lens_q, scaling)
     return out.unsqueeze(0), None
+
+
+def _compiling() -> bool:
+    import torch
+
+    return bool(getattr(torch.compiler, "is_compiling", lambda: False)())
+
+
+def _attention_masked(q, k, v, cu_seq_lens, scaling):
+    """Traceable reference (CPU under torch.compile): one SDPA over all tokens with a block-diagonal
+    mask built from cu_seq_lens, so no host sync breaks the graph. O(tokens^2) memory: tests only."""
+    import torch
+
+    positions = torch.arange(q.shape[0], device=q.device, dtype=cu_seq_lens.dtype)
+    doc = torch.searchsorted(cu_seq_lens, positions, right=True)
+    mask = doc.unsqueeze(0) == doc.unsqueeze(1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scaling)
+    return out.transpose(0, 1)
 
 
 def _attention_per_text(q, k, v, cu_seq_lens, scaling):

@@ -31,6 +31,7 @@ def build_pipeline(config: PipelineConfig, for_cluster: bool = True):
         # Whatever happens below, the run's outcome is recorded next to the models (and announced).
         record = stages.record_run(registry_uri=form.values["registry_uri"], model_name=form.values["model_name"],
                                    notify_url=form.values["notify_url"]).set_display_name("record the run")
+        record.set_caching_options(False)  # a side effect of every run: never replayed
         with dsl.ExitHandler(record, name="medical embedding run"):
             # 0. the run's configuration: the compiled profile + the run form, validated before any work
             resolve = stages.resolve_config(profile_config=config.to_dict(), **form.arguments)

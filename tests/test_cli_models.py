@@ -369,3 +369,17 @@ def test_unreachable_store_is_one_line_and_exit_5_from_the_console_script(tmp_pa
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: cannot list s3://medembed-registry/models/medical-embeddings/ at "
                                     "http://127.0.0.1:9: cannot connect")
+
+
+def test_import_base_mirrors_a_model_once_and_refuses_another_at_the_same_uri(tmp_path, tiny_model_dir, capsys):
+    uri = str(tmp_path / "base-models" / "tiny")
+    code, out, err = _models(capsys, tmp_path / "registry", "import-base", str(tiny_model_dir), uri, "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["files"] == len([p for p in Path(tiny_model_dir).rglob("*") if p.is_file()])
+    assert json.loads(_models(capsys, tmp_path / "registry", "import-base", str(tiny_model_dir), uri, "--json")[1]) == first
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    (other / "README.md").write_text("another model")
+    code, out, err = _models(capsys, tmp_path / "registry", "import-base", str(other), uri)
+    assert code == 1 and err.count("\n") == 1 and "already holds another model" in err

@@ -145,5 +145,6 @@ def test_an_exit_handler_records_every_run_and_the_base_model_comes_from_minio(c
     root = spec["root"]["dag"]["tasks"]
     assert root["record-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert root["record-run"]["dependentTasks"] == ["exit-handler-1"]
+    assert root["record-run"]["cachingOptions"].get("enableCache", False) is False
     assert _defaults(spec)["base_model"].startswith("s3://medembed-registry/base-models/"), "no hub at run time"
     assert _defaults(spec)["notify_url"] == ""

@@ -82,6 +82,11 @@ def test_bad_overrides_name_the_field(override, message):
         ("train.best_metric=loss", "mean_ndcg@10"),
         ("cluster.train_cpu=eight", "Kubernetes CPU quantity"),
         ("train.learning_rate=0", r"must be in \(0, 1\)"),
+        ("train.compute_copy=yes", "choose one of auto, on, off"),
+        ("train.optimizer=sgd", "choose one of auto, adamw_torch, adamw_torch_fused"),
+        ("eval.graph_encoder=always", "choose one of auto, on, off"),
+        ("eval.graph_compile=fast", "choose one of reduce-overhead, default"),
+        ("eval.row_tokens=100", r"must be in \[512, 1048576\]"),
     ],
 )
 def test_values_a_run_would_fail_on_are_refused_in_one_line(override, accepted):
@@ -170,3 +175,18 @@ def test_cli_refuses_bad_values_with_one_line_and_exit_2(tmp_path):
         assert line.startswith(f"error: {case.split('=')[0]}=")
     assert not (tmp_path / "never.yaml").exists()
 
+
+
+def test_gpu_speed_options_default_to_what_was_shown_equal():
+    """Issue 14: the bf16 compute copy changes the numerics and its quality is unmeasured on a GPU, so it is
+    opt-in; the kept GradCache graph gives the same gradients (test_gradcache), so it is on and does not
+    change the training signature; the graph encoder's embeddings matched ST's fp32 encode on the H200."""
+    from medembed.config import TRAIN_OPERATIONAL_FIELDS, EvalConfig, TrainConfig
+
+    train, evaluation = TrainConfig(), EvalConfig()
+    assert (train.compute_copy, train.gradcache_keep_graph, train.optimizer) == ("off", True, "auto")
+    assert (evaluation.graph_encoder, evaluation.graph_compile, evaluation.row_tokens) == ("auto", "reduce-overhead", 16384)
+    assert "gradcache_keep_graph" in TRAIN_OPERATIONAL_FIELDS
+    assert dataclasses.replace(train, gradcache_keep_graph=False).signature() == train.signature()
+    for change in ({"compute_copy": "auto"}, {"optimizer": "adamw_torch"}):
+        assert dataclasses.replace(train, **change).signature() != train.signature()

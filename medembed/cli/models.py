@@ -6,6 +6,7 @@
     medembed models promote NAME:N [--alias champion]    point an alias at a version
     medembed models rollback NAME [--alias champion]     the alias goes back to the version it held before
     medembed models diff A B                             per-dim NDCG@10 of two versions, lineage side by side
+    medembed models import-base NAME_OR_DIR URI          mirror a base model into MinIO (once, with hub access)
 
 NAME alone means NAME@champion. Every command takes `--json` (one JSON document on stdout, for scripts).
 The registry is the configuration's `registry.registry_uri`: `--profile local` (default: ./registry) or
@@ -558,9 +559,26 @@ def _render_diff(console, a: dict, b: dict, dims: list[dict], lineage: dict, sam
     console.print(lines)
 
 
+def cmd_import_base(args, reg: Registry, out: TextIO, err: TextIO) -> int:
+    """Mirror a base model into MinIO (or a folder), so pipeline tasks never reach a model hub."""
+    from ..base_models import import_base
+    from ..models import resolve_model_path
+
+    source = args.source
+    folder = Path(resolve_model_path(source)) if source.startswith("bundled:") else Path(source).expanduser()
+    manifest = import_base(source, args.uri, folder=folder if folder.is_dir() else None)
+    result = {"source": source, "uri": args.uri, "files": len(manifest["files"]), "digest": manifest["digest"]}
+    if args.json:
+        _dump(result, out)
+    else:
+        print(f"{source} -> {args.uri}: {result['files']} files, manifest {manifest['digest'][:12]}", file=out)
+        print(f"use it: --set train.base_model={args.uri}", file=out)
+    return EXIT_OK
+
+
 LINEAGE_LABELS = {**COMPARED, "eval_fingerprint": "evaluation data", "weights_sha256": "weights"}
 HANDLERS = {"list": cmd_list, "show": cmd_show, "pull": cmd_pull, "promote": cmd_promote,
-            "rollback": cmd_rollback, "diff": cmd_diff}
+            "rollback": cmd_rollback, "diff": cmd_diff, "import-base": cmd_import_base}
 
 
 # ---------------------------------------------------------------- parser and entry
@@ -595,6 +613,10 @@ def add_commands(sub, common) -> None:
     q = command("diff", "two versions side by side: NDCG@10 per dim, lineage")
     q.add_argument("a", metavar="A", help=REF_HELP)
     q.add_argument("b", metavar="B", help=REF_HELP)
+    q = command("import-base", "mirror a base model (hub name, folder or bundled:...) into s3:// with per-file "
+                "SHA-256, for clusters without a model hub; run once from a machine with hub access")
+    q.add_argument("source", metavar="NAME_OR_DIR", help="e.g. intfloat/multilingual-e5-large, or a saved model folder")
+    q.add_argument("uri", metavar="URI", help="e.g. s3://medembed-registry/base-models/intfloat/multilingual-e5-large")
 
 
 def run(args, out: TextIO | None = None, err: TextIO | None = None) -> int:

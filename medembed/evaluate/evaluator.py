@@ -200,7 +200,7 @@ def collection_name(uri: str) -> str:
 
 def encode_ir_set(model, queries: dict[str, str], corpus: dict[str, str], batch_size: int, **speed_options):
     """Full-dim embeddings with the model's query and document prompts (`speed_options`: encoding.encode's
-    packed_attention / compile_layers)."""
+    packed_attention / compile_layers / graph / graph_compile / row_tokens)."""
     from ..encoding import encode
 
     return (encode(model, list(queries.values()), "query", batch_size, **speed_options),
@@ -246,7 +246,9 @@ def evaluate(eval_dir: Path, finetuned_ref: str, base_ref: str, dims: list[int],
                      len(collection.corpus), collection.name)
             start = time.perf_counter()
             q, c = encode_ir_set(model, collection.queries, collection.corpus, batch_size,
-                                 packed_attention=config.packed_attention, compile_layers=config.compile_layers)
+                                 packed_attention=config.packed_attention, compile_layers=config.compile_layers,
+                                 graph=config.graph_encoder, graph_compile=config.graph_compile,
+                                 row_tokens=config.row_tokens)
             encode_seconds[f"{collection.name}.{label}"] = time.perf_counter() - start
             log.info("%s model: scoring %d dims x %d precisions on %s", label, len(dims), len(precisions), collection.name)
             per_query[collection.name][label], latency[collection.name][label] = score_grid(
@@ -258,7 +260,9 @@ def evaluate(eval_dir: Path, finetuned_ref: str, base_ref: str, dims: list[int],
         for collection in collections:
             log.info("champion v%d: encoding %s (dims %s)", champion.version, collection.name, shared)
             q, c = encode_ir_set(model, collection.queries, collection.corpus, batch_size,
-                                 packed_attention=config.packed_attention, compile_layers=config.compile_layers)
+                                 packed_attention=config.packed_attention, compile_layers=config.compile_layers,
+                                 graph=config.graph_encoder, graph_compile=config.graph_compile,
+                                 row_tokens=config.row_tokens)
             per_query[collection.name]["champion"], _ = score_grid(q, c, collection.judgements, shared, (FLOAT32,),
                                                                    query_chunk, config.rescore_multiplier, device)
         del model

@@ -58,7 +58,9 @@ class RetrievalEvaluator(_evaluator_base()):
         from ..encoding import encode
 
         # Dev sets are small: tokenising in this process beats forking workers mid-training.
-        options = dict(show_progress_bar=False, packed_attention=self.packed_attention, workers=0)
+        # graph="off": a dev set is small, and a second compiled encoder (and its CUDA graphs) mid-training
+        # would cost more compile time and memory than it saves.
+        options = dict(show_progress_bar=False, packed_attention=self.packed_attention, workers=0, graph="off")
         queries = encode(model, self.queries, "query", self.batch_size, **options).float()
         docs = encode(model, self.passages, "document", self.batch_size, **options).float()
         metrics: dict[str, float] = {}

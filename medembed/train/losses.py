@@ -14,16 +14,16 @@ def build_loss(model, config: TrainConfig, processes: int = 1):
     """MatryoshkaLoss around (Cached)MultipleNegativesRankingLoss. With several processes the
     in-batch negatives are gathered from all of them (train.gather_across_devices)."""
     gather = config.gather_across_devices and processes > 1
-    from sentence_transformers.sentence_transformer.losses import (
-        CachedMultipleNegativesRankingLoss,
-        MatryoshkaLoss,
-        MultipleNegativesRankingLoss,
-    )
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    from . import gradcache
 
     if config.loss == "cached_mnrl":
-        inner = CachedMultipleNegativesRankingLoss(
+        # sentence-transformers' CachedMultipleNegativesRankingLoss, mini-batched from CPU-side lengths on
+        # the packed path (medembed.train.gradcache; the same losses and gradients, tests/test_gradcache.py).
+        inner = gradcache.make_loss(
             model, mini_batch_size=config.mini_batch_size, mini_batch_num_tokens=config.mini_batch_tokens or None,
-            gather_across_devices=gather,
+            gather_across_devices=gather, keep_one_graph=config.gradcache_keep_graph,
         )
     else:
         inner = MultipleNegativesRankingLoss(model, gather_across_devices=gather)

@@ -3,7 +3,9 @@
 sentence-transformers' trainer with MatryoshkaLoss around (Cached)MultipleNegativesRankingLoss, so one
 embedding can be cut to any configured dim. Speed: bf16 autocast and TF32 on GPU, cuDNN attention off
 (it re-plans for every shape), rows of each batch sorted by length so GradCache mini-batches carry
-little padding, a padding-free compiled encoder on GPU (medembed.packing). Robustness: checkpoints
+little padding, a padding-free compiled encoder on GPU (medembed.packing) whose layout and GradCache
+mini-batches come from CPU-side text lengths (medembed.train.gradcache: no host sync per mini-batch), and
+optionally a bf16 compute copy of the encoder with fp32 masters (medembed.mixed, train.compute_copy). Robustness: checkpoints
 mirrored to the object store and resumed after a restart (checkpoints.py); evaluation on the dev split
 during training with the best checkpoint kept (curves.py). With several GPUs, `launcher` starts one
 such process per GPU; this module never launches anything.
@@ -77,7 +79,8 @@ def setup(train_dir: Path, config: TrainConfig, work_dir: Path, callbacks: list 
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
 
-    from .. import packing
+    from .. import mixed, packing
+    from . import gradcache
 
     rank, world = distributed_env()
     device = configure_torch()
@@ -92,6 +95,8 @@ def setup(train_dir: Path, config: TrainConfig, work_dir: Path, callbacks: list 
     # 4-bit layers (QLoRA) are not compiled: bitsandbytes' kernels break the traced graph.
     packed = packing.apply(model, config.packed_attention, config.compile_layers, device, where="train.packed_attention",
                            compile_allowed=not config.quantize_4bit)
+    if mixed.wanted(config.compute_copy, device, world, config.lora_r, config.quantize_4bit, packed):
+        mixed.enable(model, compile_layers=packing.wanted(config.compile_layers, device))
 
     train_rows = read_jsonl(train_dir / TRAIN_FILE)
     dev_path = train_dir / DEV_FILE
@@ -130,6 +135,8 @@ def setup(train_dir: Path, config: TrainConfig, work_dir: Path, callbacks: list 
     )
     if config.sort_by_length:
         trainer.data_collator = LengthSortedCollator(trainer.data_collator)
+    if packed:  # text lengths on the CPU: packing layout and GradCache mini-batches without host syncs
+        trainer.data_collator = gradcache.LengthsCollator(trainer.data_collator)
     return Recipe(config, trainer, model, device, bf16, rank, world, len(train_rows), query_prompt, passage_prompt,
                   packed, evaluator is not None, resume_from)
 
@@ -184,6 +191,8 @@ def _training_arguments(config: TrainConfig, output_dir: Path, device: str, bf16
         dataloader_pin_memory=device.startswith("cuda"),
         # GradCache re-runs the forward pass per mini-batch: DDP must not expect one forward per step.
         ddp_find_unused_parameters=False if world > 1 else None,
+        # "auto": transformers' own default (fused AdamW with torch >= 2.8).
+        **({"optim": config.optimizer} if config.optimizer != "auto" else {}),
     )
 
 
