@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test compile lint clean lock bench-data
+.PHONY: setup run test test-faults compile lint clean lock bench-data
 
 setup: $(STAMP)
 
@@ -30,9 +30,13 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup
 	$(PY) -m medembed run-local $(ARGS)
 
-## Run the test suite.
+## Run the test suite (the fault suite included: a whole run rewrites docs/RELIABILITY.md).
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	MEDEMBED_RELIABILITY_REPORT=docs/RELIABILITY.md MEDEMBED_RELIABILITY_COMMAND="make test" $(PY) -m pytest $(PYTEST_ARGS)
+
+## The fault suite alone (issue 13: tests marked `faults`); writes docs/RELIABILITY.md, one row per case.
+test-faults: setup
+	MEDEMBED_RELIABILITY_REPORT=docs/RELIABILITY.md MEDEMBED_RELIABILITY_COMMAND="make test-faults" $(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 ## Data prep benchmark: 100k synthetic pairs (mining excluded) + mining throughput; last line is JSON.
 bench-data: setup

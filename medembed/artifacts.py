@@ -87,6 +87,9 @@ class TrainingInfo:
             values = json.loads(path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: not a model exported by the training stage (no {TRAINING_INFO})") from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: damaged, not valid JSON ({exc}); run the training stage again to export the "
+                             f"model anew") from None
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -168,9 +171,12 @@ def fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def move_into(staged: Path, target: Path) -> None:
-    """Move a fully written staging folder's files into `target`: a failed stage leaves no partial output."""
+def move_into(staged: Path, target: Path, moved: list[Path] | None = None) -> None:
+    """Move a fully written staging folder's files into `target`: a failed stage leaves no partial output.
+    `moved` receives each target path before its move starts (to take a failed move back)."""
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     for item in Path(staged).iterdir():
+        if moved is not None:
+            moved.append(target / item.name)
         shutil.move(str(item), target / item.name)

@@ -97,11 +97,44 @@ def resolve_prompts(model_ref: str, query_prompt: str = AUTO, passage_prompt: st
     )
 
 
+class DamagedModelError(ValueError):
+    """A model folder with a file that cannot be read; the message names the file."""
+
+
+def damaged_file(folder: Path) -> tuple[Path, str] | None:
+    """The first file of a model folder that is not what its name says (a weights file whose header
+    does not parse or whose data is shorter than the header says; a JSON file that does not parse)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            elif path.suffix == ".json":
+                json.loads(path.read_bytes())
+        except Exception as exc:  # noqa: BLE001 - any failure to read is the answer
+            return path, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'unreadable'}"
+    return None
+
+
 def load_model(ref: str, query_prompt: str = AUTO, passage_prompt: str = AUTO, max_seq_length: int | None = None, device: str | None = None):
-    """Load a sentence-transformers model with the prompts it must be used with."""
+    """Load a sentence-transformers model with the prompts it must be used with. A folder with a damaged
+    file fails with a DamagedModelError naming the file (the libraries' own errors name none)."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(resolve_model_path(ref), device=device or best_device())
+    path = resolve_model_path(ref)
+    try:
+        model = SentenceTransformer(path, device=device or best_device())
+    except Exception:
+        damaged = damaged_file(Path(path))
+        if damaged is None:
+            raise
+        raise DamagedModelError(f"cannot load the model {ref}: {damaged[0]} is damaged ({damaged[1]}); restore the "
+                                f"folder (run the stage that wrote it again, or copy the model anew)") from None
     stored = model.prompts or {}
     query, passage = resolve_prompts(ref, query_prompt, passage_prompt)
     # A fine-tuned model carries its prompts; only fill in what is missing.

@@ -191,6 +191,13 @@ class ModelRegistry:
         state = AliasState(version=None, seq=0)
         for seq, key in sorted(entries):
             entry = self._read_json(key, f"alias {name!r} log entry {seq}")
+            if not (isinstance(entry, dict) and entry.get("action") in ("promote", "rollback")
+                    and isinstance(entry.get("version"), int)):
+                shape = type(entry).__name__ if not isinstance(entry, dict) else f"keys {', '.join(sorted(entry)) or 'none'}"
+                raise RegistryError(
+                    f"{self.store.uri(key)}: the alias {name!r} log entry {seq} is not an entry ({shape}; expected an object "
+                    f"with 'action' promote or rollback and a whole-number 'version'); it was damaged outside the registry: "
+                    f"restore it from a backup or delete it ({self._way_out(key)})")
             if entry.get("action") == "rollback" and state.stack:
                 state.stack.pop()
             elif entry.get("action") != "rollback":
@@ -275,6 +282,8 @@ class ModelRegistry:
             log.info("%s: these weights are already v%d; nothing registered", self.model_name, existing)
             return Registration(self.model_name, existing, self.model_uri(existing), False,
                                 [f"identical weights are already registered as v{existing}"], duplicate_of=existing)
+        if decision.promote:
+            self.alias_state()  # a damaged alias log fails here, before anything is written
         version = self.claim_version(owner)
         vdir = self.version_dir(version)
         try:
@@ -295,6 +304,7 @@ class ModelRegistry:
             # An unfinished version stays invisible (no manifest); its files are removed where possible.
             try:
                 self.store.delete_prefix(self._key(vdir, MODEL_FOLDER) + "/")
+                self.store.delete_prefix(self._key(vdir, METRICS))
             except Exception:  # noqa: BLE001 - best effort: the missing manifest already hides it
                 log.warning("could not clean up the unfinished %s %s", self.model_name, vdir)
             raise

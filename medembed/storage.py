@@ -121,8 +121,11 @@ class LocalStore:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a write that failed (a full disk) leaves no temporary file
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Create `key` with `data` unless it exists; False if it did. Atomic: a hard link of a fully
@@ -130,8 +133,8 @@ class LocalStore:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
         try:
+            tmp.write_bytes(data)
             os.link(tmp, path)
             return True
         except FileExistsError:
@@ -166,7 +169,10 @@ class LocalStore:
         return sum(1 for p in Path(local_dir).rglob("*") if p.is_file())
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self._path(prefix), ignore_errors=True)
+        path = self._path(prefix)
+        if path.is_file():  # a key, as on S3, where a prefix may name one object
+            path.unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
 
     def uri(self, key: str) -> str:
         return str(self._path(key))
@@ -361,6 +367,9 @@ def describe_failure(exc: BaseException, store: "ObjectStore", action: str, key:
                     f"or the manifests' bucket job) or fix the bucket in the URI")
         if code in ("NoSuchKey", "NoSuchObject"):
             return f"{doing}: no such object; check the key (a prefix must end with '/') and that the upload finished"
+        if code in ("XMinioStorageFull", "StorageFull", "InsufficientStorage"):
+            return (f"{doing}: the object store is out of disk space ({code}); free space on its volumes (delete old "
+                    f"checkpoints or versions, or grow the volume), then retry")
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
             return (f"{doing}: the server refused the credentials ({code}); check {ACCESS_KEY_VARS[0]} / "
                     f"{SECRET_KEY_VARS[0]} and the user's policy on bucket {store.bucket!r}")

@@ -118,7 +118,7 @@ def test_unreachable_kubernetes_api(buckets, tmp_path):
 
 
 def test_no_kubeconfig_at_all(tmp_path):
-    with pytest.raises(runs.ClusterError) as exc:
+    with pytest.raises(runs.ClusterError, match="no Kubernetes credentials") as exc:
         preflight.kube_client(env={"KUBECONFIG": str(tmp_path / "none")})
     assert "no Kubernetes credentials" in str(exc.value) and "get-credentials" in exc.value.fix
 

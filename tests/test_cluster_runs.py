@@ -121,7 +121,7 @@ def test_single_user_kfp_gets_no_namespace(package):
 
 def test_unknown_parameter_is_refused_before_anything_is_uploaded(kfp_api, package):
     session = _session(kfp_api)
-    with pytest.raises(runs.ClusterError) as exc:
+    with pytest.raises(runs.ClusterError, match="unknown pipeline parameter\\(s\\) epoch") as exc:
         runs.submit(session, package, experiment="e", run_name="r", params={"epoch": 3})
     assert "unknown pipeline parameter(s) epoch" in str(exc.value)
     assert "epochs" in exc.value.fix
@@ -292,7 +292,7 @@ def test_a_failed_driver_fails_its_task(kfp_api, package):
 
 
 def test_unknown_run_is_one_line_not_found(kfp_api):
-    with pytest.raises(runs.KfpNotFoundError) as exc:
+    with pytest.raises(runs.KfpNotFoundError, match="not found") as exc:
         runs.get_run(_session(kfp_api), "no-such-run")
     assert "\n" not in str(exc.value) and "not found" in str(exc.value)
 
@@ -309,7 +309,7 @@ def test_list_runs_newest_first_and_by_experiment(kfp_api):
     assert len(runs.list_runs(session)) == 3
     table = runs.format_runs(rows)
     assert table.splitlines()[0].startswith("RUN ID") and first in table and "elsewhere" not in table
-    with pytest.raises(runs.KfpNotFoundError):
+    with pytest.raises(runs.KfpNotFoundError, match="no experiment named 'nope'"):
         runs.list_runs(session, experiment="nope")
 
 
@@ -387,7 +387,7 @@ def test_progress_on_a_terminal_redraws_one_table_in_place(kfp_api, package):
 def test_wait_gives_up_after_its_timeout_with_the_next_command(kfp_api):
     run_id = kfp_api.add_run("slow", "RUNNING")
     ticks = iter(range(0, 10_000, 30))
-    with pytest.raises(runs.WaitTimeout) as exc:
+    with pytest.raises(runs.WaitTimeout, match="medembed runs wait") as exc:
         runs.wait(_session(kfp_api), run_id, interval=30, timeout=60, sleep=lambda s: None, clock=lambda: next(ticks))
     assert exc.value.exit_code == runs.EXIT_TIMEOUT
     assert f"medembed runs wait {run_id}" in str(exc.value)
@@ -408,7 +408,7 @@ def test_wait_rides_out_a_few_connection_errors_but_not_auth_errors(kfp_api, mon
     monkeypatch.setattr(runs, "get_run", flaky)
     assert runs.wait(session, run_id, interval=0, sleep=lambda s: None).state == "SUCCEEDED"
     monkeypatch.setattr(runs, "get_run", lambda *a: (_ for _ in ()).throw(runs.KfpAuthError("token expired")))
-    with pytest.raises(runs.KfpAuthError):
+    with pytest.raises(runs.KfpAuthError, match="token expired"):
         runs.wait(session, run_id, interval=0, sleep=lambda s: None)
 
 
@@ -417,7 +417,7 @@ def test_wait_rides_out_a_few_connection_errors_but_not_auth_errors(kfp_api, mon
 def test_nothing_listening_is_one_line_with_the_fix_within_seconds():
     settings = runs.resolve_settings(host="http://127.0.0.1:9")
     started = time.monotonic()
-    with pytest.raises(runs.KfpConnectionError) as exc:
+    with pytest.raises(runs.KfpConnectionError, match="127.0.0.1:9") as exc:
         runs.connect(settings)
     assert time.monotonic() - started < 5  # no retries with back-off
     message = str(exc.value)
@@ -427,7 +427,7 @@ def test_nothing_listening_is_one_line_with_the_fix_within_seconds():
 
 
 def test_endpoint_comes_from_the_environment_or_the_cluster(monkeypatch):
-    with pytest.raises(runs.KfpConnectionError) as exc:
+    with pytest.raises(runs.KfpConnectionError, match="no KFP endpoint given") as exc:
         runs.resolve_settings()
     assert "no KFP endpoint given" in str(exc.value) and "KF_PIPELINES_ENDPOINT" in str(exc.value)
     monkeypatch.setenv("KF_PIPELINES_ENDPOINT", "http://kfp.example:8888/")
@@ -464,10 +464,10 @@ def test_token_sources_in_order_and_never_shown(monkeypatch, tmp_path):
 
 def test_token_is_sent_as_bearer_and_a_wrong_one_is_one_line_without_it(kfp_api, package):
     kfp_api.required_token = "s3cr3t-token"
-    with pytest.raises(runs.KfpAuthError) as exc:
+    with pytest.raises(runs.KfpAuthError, match="HTTP 401, no token sent") as exc:
         _session(kfp_api)
     assert "HTTP 401, no token sent" in str(exc.value) and "kubectl create token default-editor" in str(exc.value)
-    with pytest.raises(runs.KfpAuthError) as exc:
+    with pytest.raises(runs.KfpAuthError, match="token rejected or expired") as exc:
         _session(kfp_api, token="wrong-token-value")
     assert "token rejected or expired" in str(exc.value) and "wrong-token-value" not in str(exc.value)
 
@@ -480,6 +480,6 @@ def test_token_is_sent_as_bearer_and_a_wrong_one_is_one_line_without_it(kfp_api,
 
 def test_login_redirect_is_reported_as_such(kfp_api):
     kfp_api.redirect_to_login = True
-    with pytest.raises(runs.KfpAuthError) as exc:
+    with pytest.raises(runs.KfpAuthError, match="redirects the health check to a login page") as exc:
         _session(kfp_api)
     assert "redirects the health check to a login page (HTTP 302)" in str(exc.value)

@@ -6,6 +6,7 @@ is checked before KFP is contacted, and every failure is one line."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_valid_crons_are_accepted(cron):
     ("0 0 2- * * *", "hour '2-' is not a value"),
 ])
 def test_bad_crons_are_refused_with_the_reason(cron, message):
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(ConfigError, match=re.escape(message)) as exc:
         schedules.validate_cron(cron)
     assert message in str(exc.value)
 

@@ -91,7 +91,7 @@ def test_bad_overrides_name_the_field(override, message):
 )
 def test_values_a_run_would_fail_on_are_refused_in_one_line(override, accepted):
     field, _, value = override.partition("=")
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigError, match=rf"^{re.escape(field)}") as caught:
         load_config("cluster", [override])
     message = str(caught.value)
     assert "\n" not in message and message.startswith(field) and re.search(accepted, message)

@@ -195,7 +195,7 @@ def test_miner_applies_margin_and_ceiling():
 
 def test_too_many_bad_rows_fail_naming_file_row_and_field(tmp_path):
     path = write_planted(tmp_path)
-    with pytest.raises(DataError) as error:
+    with pytest.raises(DataError, match="more than the tolerance") as error:
         prepare(config_for(path, max_bad_row_fraction=0.01), tmp_path / "train", tmp_path / "eval", embed=bag_of_words)
     message = str(error.value)
     assert str(path) in message and "row" in message and "field 'question'" in message and "tolerance" in message

@@ -129,7 +129,7 @@ def test_vectorised_judgements_match_the_reference_per_query_metrics():
 
 
 def test_metrics_agree_with_pytrec_eval_on_the_same_rankings():
-    pytrec_eval = pytest.importorskip("pytrec_eval")
+    import pytrec_eval  # pinned in requirements.lock (the test extra): a missing one is a failure, not a skip
     rng = np.random.default_rng(7)
     corpus_ids = [f"d{i}" for i in range(400)]
     qrels, runs, ranked, judged = {}, {}, [], []

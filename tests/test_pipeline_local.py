@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_rows, write_jsonl
+from faultkit import case, observe
 from medembed.config import load_config
 from medembed.local_run import run_local
 from medembed.prep import DataError
@@ -63,17 +64,39 @@ def test_pipeline_runs_end_to_end_and_registers(tmp_path, tiny_model_dir, pairs_
     model = SentenceTransformer(str(model_dir), device="cpu", truncate_dim=16)
     assert model.encode_query(["What causes gout ?"]).shape == (1, 16)
 
+    # Training changed the model: the registered weights are not the base model's.
+    from safetensors.torch import load_file
+
+    base, tuned = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(model_dir / "model.safetensors"))
+    assert base.keys() == tuned.keys()
+    assert max(float((base[k] - tuned[k]).abs().max()) for k in base) > 1e-5  # an unchanged export gives exactly 0
+
+    # The gate's decision, as recorded and shown: on this tiny set the fine-tuned model is not significantly
+    # better than the (already near-perfect) base at any dim, so it is registered but not promoted.
+    assert outcome["promoted"] is False and outcome["champion"] is None
+    assert manifest["gate"]["promote"] is False and manifest["gate"]["gated_dims"] == [64, 32, 16]
+    assert outcome["decision"].startswith("**Not promoted.** dim 64: ndcg@10 vs base ")
+    for dim in ("64", "32", "16"):
+        delta = results["deltas"][dim]["float32"]["ndcg@10"]
+        assert delta["low"] <= 0.0  # the rule the decision applied, on the numbers it was given
+        reason = (f"dim {dim}: ndcg@10 vs base {delta['delta']:+.4f} [{delta['low']:+.4f}, {delta['high']:+.4f}]: "
+                  "the interval's lower end is not above registry.min_ndcg_gain=0.0")
+        assert reason in manifest["gate"]["reasons"] and reason in outcome["decision"]
+    assert "**Not promoted.**" in (model_dir / "README.md").read_text()
+
     # The local run keeps its artifacts, and its config, for inspection.
     run_root = tmp_path / "runs"
     assert json.loads(next(run_root.glob("*/config.json")).read_text())["profile"] == "local"
 
 
+@case(fault='run-local with an input file that does not exist',
+      promise='the data snapshot task fails naming the file; the console names the stage; nothing trained or registered')
 def test_bad_input_fails_in_prep_and_registers_nothing(tmp_path, tiny_model_dir, capsys):
     from medembed.local_run import LocalRunFailed
 
     config = tiny_config(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl")
     # The data snapshot, the first task that reads the input, already names it.
-    with pytest.raises(LocalRunFailed, match=r"data snapshot failed: DataError: input file not found: .*missing.jsonl"):
+    with pytest.raises(LocalRunFailed, match=r"data snapshot failed: DataError: input file not found: .*missing.jsonl") as failure:
         run_local(config, tmp_path / "runs")
     # The console says which stage failed; the executor's dumps stay in the run's log file.
     console = capsys.readouterr().out
@@ -83,6 +106,7 @@ def test_bad_input_fails_in_prep_and_registers_nothing(tmp_path, tiny_model_dir,
     assert not (tmp_path / "registry").exists() or not any((tmp_path / "registry").rglob("manifest.json"))
     train_dirs = list((tmp_path / "runs").rglob("train-model"))
     assert train_dirs == [], "training must not start after prep failed"
+    observe(str(failure.value))
 
 
 def _prep(tmp_path, path, **overrides):
@@ -90,6 +114,8 @@ def _prep(tmp_path, path, **overrides):
     return prep_stage.run(config, tmp_path / "train", tmp_path / "eval")
 
 
+@case(fault='unusable input through the prep stage: {id}',
+      promise='one DataError naming the file and the problem; no outputs')
 @pytest.mark.parametrize(
     "rows, message",
     [
@@ -106,6 +132,7 @@ def test_bad_input_messages_name_the_problem(tmp_path, rows, message):
         _prep(tmp_path, path)
     assert str(path) in str(error.value)
     assert not (tmp_path / "train").exists(), "a failed prep must leave no outputs behind"
+    observe(str(error.value))
 
 
 def test_missing_file_is_named(tmp_path):

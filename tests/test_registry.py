@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from faultkit import case, observe
 from medembed.config import RegistryConfig
 from medembed.register.gate import GateDecision, decide_promotion, decision_markdown
 from medembed.registry import CHAMPION, ModelRegistry, RegistryError
@@ -134,6 +135,8 @@ def test_local_registry_versions_gate_and_rollback(tmp_path):
     assert first.model_uri == str(tmp_path / "reg/medical/v0001/model")
 
 
+@case(fault='two rollbacks from v3 (the issue: the second re-promoted v3)',
+      promise='v3 → v2 → v1, a third is refused; the log keeps every change')
 def test_rollback_walks_back_and_never_toggles(tmp_path):
     registry = ModelRegistry(LocalStore(tmp_path / "reg"), "medical")
     for n in (1, 2, 3):
@@ -141,11 +144,12 @@ def test_rollback_walks_back_and_never_toggles(tmp_path):
     assert registry.alias() == 3
     assert registry.rollback() == 2
     assert registry.rollback() == 1, "a second rollback goes further back, it does not return to v3"
-    with pytest.raises(RegistryError, match="no earlier version"):
+    with pytest.raises(RegistryError, match="no earlier version") as error:
         registry.rollback()
     state = registry.alias_state()
     assert [e["action"] for e in state.history] == ["promote"] * 3 + ["rollback"] * 2
     assert [e["version"] for e in state.history] == [1, 2, 3, 2, 1]
+    observe(f"alias history {[e['version'] for e in state.history]}; a third rollback: {error.value}")
 
 
 def test_identical_weights_are_never_registered_twice(tmp_path):
@@ -166,6 +170,8 @@ def test_promotion_is_a_compare_and_swap_against_the_champion_it_was_judged_agai
     assert "champion changed to v2" in late.reasons[-1]
 
 
+@case(fault='the manifest write of a registration fails (ENOSPC raised by the store)',
+      promise='the version is never listed, its model files are removed, its number never reused')
 def test_an_interrupted_upload_is_never_listed_and_its_number_never_reused(tmp_path, monkeypatch):
     store = LocalStore(tmp_path / "reg")
     registry = ModelRegistry(store, "medical")
@@ -177,15 +183,18 @@ def test_an_interrupted_upload_is_never_listed_and_its_number_never_reused(tmp_p
         return real_put(key, data)
 
     monkeypatch.setattr(store, "put_bytes", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="No space left on device"):
         registry.register(fake_model(tmp_path, "m1"), results(WIN), {}, card, promote(None))
     monkeypatch.setattr(store, "put_bytes", real_put)
     assert registry.versions() == [] and registry.alias() is None
     assert not (tmp_path / "reg/medical/v0001/model").exists(), "the partial upload is cleaned up"
     second = registry.register(fake_model(tmp_path, "m2"), results(WIN), {}, card, promote(None))
     assert second.version == 2 and registry.versions() == [2]
+    observe(f"versions after the failure: none; next registration v{second.version}")
 
 
+@case(fault='a registered model file overwritten in the registry',
+      promise='pull names the file and the checksum mismatch; nothing half-pulled is left')
 def test_pull_verifies_every_file_and_detects_corruption(tmp_path):
     from sentence_transformers import SentenceTransformer  # noqa: F401  (pull hands over a plain folder)
 
@@ -195,22 +204,26 @@ def test_pull_verifies_every_file_and_detects_corruption(tmp_path):
     pulled = registry.pull(registry.resolve("champion"), tmp_path / "pulled")
     assert (pulled / "weights.bin").read_bytes() == b"m1" * 256 and (pulled / "README.md").read_text() == "card v1"
     (tmp_path / "reg/medical/v0001/model/weights.bin").write_bytes(b"m1" * 255 + b"XX")
-    with pytest.raises(RegistryError, match=r"v0001/model/weights.bin: checksum mismatch .* corrupt"):
+    with pytest.raises(RegistryError, match=r"v0001/model/weights.bin: checksum mismatch .* corrupt") as error:
         registry.pull(1, tmp_path / "again")
     assert not (tmp_path / "again").exists(), "nothing half-pulled is left behind"
+    observe(str(error.value))
 
 
+@case(fault='a truncated registry file: {id}',
+      promise="one RegistryError naming the file, 'not valid JSON', and the way out (no bare JSONDecodeError)")
 @pytest.mark.parametrize("damaged", ["aliases/champion/000001.json", "v0001/manifest.json"])
 def test_a_damaged_registry_file_is_named_with_a_way_out(tmp_path, damaged):
     store = LocalStore(tmp_path / "reg")
     registry = ModelRegistry(store, "medical")
     registry.register(fake_model(tmp_path, "m1"), results(WIN), {}, card, promote(None))
     (tmp_path / "reg/medical" / damaged).write_text('{"version": 1, "hist')
-    with pytest.raises(RegistryError) as caught:
+    with pytest.raises(RegistryError, match="is not valid JSON") as caught:
         registry.alias() if "aliases" in damaged else registry.manifest(1)
     message = str(caught.value)
     assert str(tmp_path / "reg/medical" / damaged) in message and "not valid JSON" in message
     assert "restore it from a backup or delete it" in message
+    observe(message)
 
 
 def test_alias_to_missing_version_is_refused(tmp_path):
@@ -260,6 +273,8 @@ def registry_uri(request, tmp_path):
     return f"s3://reg-{uuid.uuid4().hex[:12]}/models"
 
 
+@case(fault='8 registrations at once on a {id} registry, each with its own client',
+      promise='8 distinct complete versions, each holding the weights of the run that claimed it')
 def test_concurrent_registrations_get_distinct_complete_versions(registry_uri, tmp_path):
     models = [fake_model(tmp_path, f"model{i}") for i in range(WORKERS)]
     open_store(registry_uri)  # the bucket, once
@@ -278,8 +293,11 @@ def test_concurrent_registrations_get_distinct_complete_versions(registry_uri, t
         run = registry.manifest(r.version)["run"]
         pulled = registry.pull(r.version, tmp_path / f"pulled{r.version}")
         assert (pulled / "weights.bin").read_bytes() == f"model{run}".encode() * 256
+    observe(f"versions {versions}; every pull verified and holds its own run's weights")
 
 
+@case(fault='8 promotions at once on a {id} registry',
+      promise='one alias; its log holds all 8 in one chain, no lost update')
 def test_concurrent_promotions_leave_one_alias_whose_history_holds_them_all(registry_uri, tmp_path):
     registry = ModelRegistry(open_store(registry_uri), "medical")
     for i in range(WORKERS):
@@ -295,6 +313,7 @@ def test_concurrent_promotions_leave_one_alias_whose_history_holds_them_all(regi
     assert state.version == state.history[-1]["version"]
     # Each entry names the version it replaced: the log is one chain, no lost update.
     assert [e["previous"] for e in state.history[1:]] == [e["version"] for e in state.history[:-1]]
+    observe(f"log {[e['version'] for e in state.history]}, alias v{state.version}")
 
 
 def test_s3_registry_against_live_endpoint(s3_endpoint, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import need_tool
 from medembed import artifacts
 from medembed.evaluate import evaluator, metrics, report, search, tables
 from medembed.config import EvalConfig
@@ -92,8 +93,8 @@ def test_recommendation_sentence_and_sizes():
     assert "dim 256, int8" in text and "16x smaller" in text and "2.4 GiB" in text and "-1.25%" in text
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium: apt-get install -y chromium")
 def test_report_renders_in_headless_chromium(results, tmp_path):
+    need_tool(CHROMIUM.exists(), "Debian's chromium at /usr/bin/chromium", "apt-get install -y chromium (.ci/run does)")
     html_path, _ = report.write_reports(results, tmp_path / "report")
     # A probe appended to a copy of the page records whether every plot decoded.
     probe = tmp_path / "probe.html"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_rows, write_jsonl
+from faultkit import case, observe
 from medembed import artifacts
 from medembed.train import checkpoints, curves, losses, recipe
 from medembed.config import ConfigError, TrainConfig
@@ -79,16 +80,29 @@ def test_invalid_options_are_rejected(tiny_model_dir):
 
 
 def test_evaluation_during_training_keeps_best_and_writes_curves(tmp_path, tiny_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from medembed.artifacts import read_jsonl
+
     out, curves_dir = tmp_path / "model", tmp_path / "curves"
-    config = _config(tiny_model_dir, eval_steps=2, eval_dims=(64, 32), best_metric="dim32_ndcg@10")
-    result = recipe.train(_train_dir(tmp_path), out, config, tmp_path / "work", curves_dir=curves_dir)
+    # A learning rate high enough that the dev score peaks early: the best checkpoint is not the last one.
+    config = _config(tiny_model_dir, eval_steps=2, eval_dims=(64, 32), best_metric="dim32_ndcg@10", learning_rate=2e-2)
+    train_dir = _train_dir(tmp_path)
+    result = recipe.train(train_dir, out, config, tmp_path / "work", curves_dir=curves_dir)
     data = json.loads((curves_dir / curves.CURVES_JSON).read_text())
     assert set(data["eval"]) == {"dim64_ndcg@10", "dim32_ndcg@10", "mean_ndcg@10"}
-    assert [step for step, _ in data["eval"]["dim32_ndcg@10"]] == [2, 4, 6, 8, 10]
+    scores = data["eval"]["dim32_ndcg@10"]
+    assert [step for step, _ in scores] == [2, 4, 6, 8, 10]
     assert data["loss"]
-    best_step, best_value = max(data["eval"]["dim32_ndcg@10"], key=lambda sv: sv[1])
+    best_step, best_value = max(scores, key=lambda sv: sv[1])
     assert result.best_metric == pytest.approx(best_value)
     assert result.best_checkpoint_step == best_step
+    last_step, last_value = scores[-1]
+    assert best_step < last_step and abs(best_value - last_value) > 1e-3, "the test needs a best checkpoint that is not the last"
+    # The exported model is the best checkpoint's: scored again on the dev pairs it gets the best score, not the last.
+    evaluator = curves.RetrievalEvaluator(read_jsonl(train_dir / "dev.jsonl"), [64, 32], name="dev")
+    exported = evaluator(SentenceTransformer(str(out), device="cpu"))["dev_dim32_ndcg@10"]
+    assert exported == pytest.approx(best_value, abs=1e-4)
     assert (curves_dir / curves.CURVES_HTML).read_text().startswith("<html>")
 
 
@@ -132,8 +146,39 @@ class _PreemptAt:
         return Preempt()
 
 
+class _StepsRun:
+    """Records the step number of every optimizer step that actually runs in this attempt."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        ran = self.ran = []
+
+        class Record(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                ran.append(state.global_step)
+
+        self.callback = Record()
+
+
+def _weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir) -> dict:
+    """The weights of the tests' training run done in one go (no checkpoints, no interruption)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    recipe.train(_train_dir(root), root / "model", _config(tiny_model_dir), root / "work")
+    return _weights(root / "model")
+
+
+@case(fault="training interrupted at step 7 (checkpoints every 3 steps to a {id} store), retried in a fresh work folder",
+      promise="the retry resumes from checkpoint 6, runs only steps 7-10 and ends with the weights of an uninterrupted run")
 @pytest.mark.parametrize("store", ["local", "s3"])
-def test_killed_training_resumes_from_last_checkpoint(tmp_path, tiny_model_dir, store, request):
+def test_killed_training_resumes_from_last_checkpoint(tmp_path, tiny_model_dir, store, request, uninterrupted):
     if store == "s3":
         request.getfixturevalue("s3_endpoint")
         uri = "s3://checkpoints/run-1"
@@ -142,25 +187,34 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, tiny_model_dir, 
     train_dir = _train_dir(tmp_path)
     config = _config(tiny_model_dir, checkpoint_uri=uri, checkpoint_steps=3, checkpoint_keep=2)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="pre-empted"):
         recipe.train(train_dir, tmp_path / "m1", config, tmp_path / "w1", callbacks=[_PreemptAt(7)()])
     assert checkpoints.CheckpointStore(uri).steps() == [6, 3]
     assert not (tmp_path / "m1" / artifacts.TRAINING_INFO).exists()
 
     # The retry runs in a fresh pod: new work dir, nothing local survives.
-    resumed = recipe.train(train_dir, tmp_path / "m2", config, tmp_path / "w2")
-    assert resumed.resumed_from_step == 6
-    assert resumed.steps == 10
+    steps = _StepsRun()
+    resumed = recipe.train(train_dir, tmp_path / "m2", config, tmp_path / "w2", callbacks=[steps.callback])
+    # What ran proves the resume (the reported step alone would not): only the remaining steps ...
+    assert steps.ran == [7, 8, 9, 10]
+    assert resumed.resumed_from_step == 6 and resumed.steps == 10
+    # ... and they continued the interrupted optimisation exactly (weights, optimizer and scheduler state, data order).
+    final = _weights(tmp_path / "m2")
+    difference = max(float((final[name] - uninterrupted[name]).abs().max()) for name in uninterrupted)
+    assert difference < 1e-6
     assert json.loads((tmp_path / "m2" / artifacts.TRAINING_INFO).read_text())["steps"] == 10
     # The trainer also saves at the last step; older checkpoints are pruned to checkpoint_keep.
     assert checkpoints.CheckpointStore(uri).steps() == [10, 9]
+    observe(f"the retry ran steps {steps.ran}; largest weight difference to an uninterrupted run {difference:.1e}")
 
 
+@case(fault="the newest checkpoint truncated after its marker was written, the one before it without a marker",
+      promise="both skipped; training resumes from the newest intact checkpoint")
 def test_corrupt_or_partial_checkpoints_are_skipped(tmp_path, tiny_model_dir):
     uri = tmp_path / "store"
     train_dir = _train_dir(tmp_path)
     config = _config(tiny_model_dir, checkpoint_uri=str(uri), checkpoint_steps=2, checkpoint_keep=5)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="pre-empted"):
         recipe.train(train_dir, tmp_path / "m1", config, tmp_path / "w1", callbacks=[_PreemptAt(7)()])
     assert checkpoints.CheckpointStore(str(uri)).steps() == [6, 4, 2]
     # Step 6: a file truncated after its marker was written; step 4 never got its marker (partial upload).
@@ -168,9 +222,11 @@ def test_corrupt_or_partial_checkpoints_are_skipped(tmp_path, tiny_model_dir):
     weights.write_bytes(weights.read_bytes()[:100])
     (uri / checkpoints.checkpoint_name(4) / checkpoints.MARKER).unlink()
 
-    resumed = recipe.train(train_dir, tmp_path / "m2", config, tmp_path / "w2")
-    assert resumed.resumed_from_step == 2
+    steps = _StepsRun()
+    resumed = recipe.train(train_dir, tmp_path / "m2", config, tmp_path / "w2", callbacks=[steps.callback])
+    assert resumed.resumed_from_step == 2 and steps.ran == list(range(3, 11))
     assert resumed.steps == 10
+    observe(f"steps 6 (truncated) and 4 (no marker) skipped; resumed from step 2, ran steps {steps.ran[0]}-{steps.ran[-1]}")
 
 
 def test_hard_negative_columns_get_the_passage_prompt():

@@ -20,7 +20,6 @@ def _config(model_dir, **changes) -> TrainConfig:
 
 
 def test_lora_trains_adapters_and_exports_a_merged_model(tmp_path, tiny_model_dir):
-    pytest.importorskip("peft")
     import torch
     from safetensors.torch import load_file
     from sentence_transformers import SentenceTransformer

@@ -8,6 +8,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from .. import diskspace
 from ..artifacts import RESULTS_FILE, TrainingInfo
 from ..config import PipelineConfig, RegistryConfig
 from ..models import setup_logging
@@ -25,15 +26,18 @@ def run(config: PipelineConfig, eval_dir: Path, model_dir: Path, results_dir: Pa
     Base and candidate are encoded at the training max_seq_length, so neither sees more text."""
     setup_logging()
     info = TrainingInfo.read(Path(model_dir))
-    with tempfile.TemporaryDirectory() as work:
-        champion = pull_champion(config.registry, Path(work))
-        results = evaluate(Path(eval_dir), str(model_dir), info.base_model, info.matryoshka_dims, info.query_prompt,
-                           info.passage_prompt, config.eval, max_seq_length=info.max_seq_length or None,
-                           champion=champion)
     results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-    report.write_reports(results, results_dir)
+    with diskspace.explained("evaluation", {"the results output": results_dir, "scratch space (TMPDIR)": tempfile.gettempdir()},
+                             "No partial results were kept; free space there or give the task a larger disk, then run again",
+                             cleanup=diskspace.remover(results_dir)):
+        with tempfile.TemporaryDirectory() as work:
+            champion = pull_champion(config.registry, Path(work))
+            results = evaluate(Path(eval_dir), str(model_dir), info.base_model, info.matryoshka_dims, info.query_prompt,
+                               info.passage_prompt, config.eval, max_seq_length=info.max_seq_length or None,
+                               champion=champion)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+        report.write_reports(results, results_dir)
     log.info("NDCG@10 base -> fine-tuned: %s", ", ".join(
         f"dim {d} {results['base'][str(d)]['ndcg@10']:.4f} -> {results['finetuned'][str(d)]['ndcg@10']:.4f}" for d in results["dims"]))
     log.debug("evaluation:\n%s", comparison_text(results))

@@ -85,12 +85,15 @@ def load_pairs(config: DataConfig, stats: PrepStats, download_dir: Path) -> list
     stats.pii_action = config.pii_action
     stats.pii_found = dict(pii_found)
     if stats.rows_read == 0:
-        raise DataError(f"{label}: the dataset is empty (no rows)")
+        raise DataError(f"{label}: the dataset is empty (no rows); check that data.data_uri names the file or folder "
+                        f"that holds the pairs")
     if not pairs:
         examples = "; ".join(issue.describe() for issue in report.issues[: validation.MESSAGE_EXAMPLES])
         raise DataError(
             f"{label}: no usable pairs among {stats.rows_read} rows ({report.bad_rows} bad, "
             f"{stats.dropped_empty} empty fields, {stats.dropped_duplicate} duplicates)" + (f"; first: {examples}" if examples else "")
+            + ". Fix those rows at the source (each reason says what is wrong), or point data.question_field / "
+              "data.passage_field / data.column_map at the right columns"
         )
     validation.enforce_tolerance(report, config.max_bad_row_fraction, label)
     if config.pii_action == "fail" and pii_found:

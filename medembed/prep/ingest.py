@@ -109,6 +109,8 @@ def read_records(path: Path, required: tuple[tuple[str, ...], ...] = (), skipped
         yield from _read_folder(path, required, skipped)
         return
     name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".csv", ".csv.gz", ".tsv", ".tsv.gz")):
+        _check_text_encoding(path)
     if name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")):
         yield from _guard_compressed(path, _read_jsonl(path))
     elif name.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):
@@ -119,6 +121,23 @@ def read_records(path: Path, required: tuple[tuple[str, ...], ...] = (), skipped
         yield from read_medquad_xml(path)
     else:
         raise DataError(f"{path}: unsupported file type; use {SUPPORTED}")
+
+
+_WIDE_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+
+
+def _check_text_encoding(path: Path) -> None:
+    """A text input must be UTF-8: a UTF-16/32 file (Windows tools write them) would otherwise read as rows
+    of garbage, each reported as bad without saying why."""
+    try:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as handle:
+            start = handle.read(4)
+    except (OSError, EOFError, zlib.error):
+        return  # read errors are reported with their row by the reader
+    for bom, encoding in _WIDE_BOMS.items():
+        if start.startswith(bom):
+            raise DataError(f"{path}: encoded as {encoding}, not UTF-8; convert it (e.g. `iconv -f {encoding} -t UTF-8 "
+                            f"{path.name} > utf8-{path.name}`) and use the converted file")
 
 
 def _guard_compressed(path: Path, rows: Iterator[tuple[str, int, dict]]) -> Iterator[tuple[str, int, dict]]:
@@ -141,7 +160,8 @@ def _guard_compressed(path: Path, rows: Iterator[tuple[str, int, dict]]) -> Iter
 def _read_csv(path: Path, delimiter: str, required: tuple[tuple[str, ...], ...]) -> Iterator[tuple[str, int, dict]]:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     with _open_text(path) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
+        # strict: a stray quote is an error naming its row, not a field that silently swallows the next rows.
+        reader = csv.reader(handle, delimiter=delimiter, strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -201,7 +221,18 @@ def check_csv_header(path: Path, header: list[str], required: tuple[tuple[str, .
             f"columns (e.g. question,answer): add one, or convert the file to JSONL. Values are not shown here "
             f"because they may be personal data"
         )
+    repeated = sorted({name for name in header if name.strip() and header.count(name) > 1})
+    if repeated:
+        where = "; ".join(f"{name!r} in columns {', '.join(str(i) for i, n in enumerate(header, start=1) if n == name)}"
+                          for name in repeated)
+        raise DataError(f"{path} row 1 (the header): a column name appears more than once ({where}); only one of them "
+                        f"could be read: rename the header cells so that each is unique")
     missing = [" or ".join(map(repr, names)) for names in required if not any(n in header for n in names)]
+    if missing and len(header) == 1:
+        other = next((name for sign, name in (("\t", "tabs"), (";", "semicolons"), ("|", "pipes")) if sign in header[0]), None)
+        if other:
+            raise DataError(f"{path} row 1 (the header): one column only, and it holds {other}: the file is not "
+                            f"comma-separated; name a tab-separated file .tsv, or write it again with commas")
     if missing:
         known = [f"{n!r} (column {header.index(n) + 1})" for names in required for n in names if n in header]
         raise DataError(
@@ -240,8 +271,10 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, int, dict]]:
             except json.JSONDecodeError as exc:
                 # Not fatal here: validation counts it against the bad-row tolerance.
                 record = {RAW_FIELD: f"not valid JSON ({exc.msg})"}
+            except RecursionError:  # "[[[[…" thousands deep: Python's parser gives up
+                record = {RAW_FIELD: "JSON nested too deeply to read"}
             if not isinstance(record, dict):
-                record = {RAW_FIELD: f"a JSON {type(record).__name__}, not an object"}
+                record = {RAW_FIELD: f"a JSON {type(record).__name__}, not an object (JSON lines: one object per line)"}
             yield label, line_no, record
 
 
@@ -277,7 +310,8 @@ def read_hf_dataset(path: Path) -> Iterator[tuple[str, int, dict]]:
     try:
         loaded = load_from_disk(str(path))
     except Exception as exc:  # datasets raises several types for a broken folder
-        raise DataError(f"{path}: cannot load the saved datasets folder ({exc})") from None
+        raise DataError(f"{path}: cannot load the saved datasets folder ({exc}); save it again with "
+                        f"Dataset.save_to_disk, or give the data as JSONL, CSV or Parquet") from None
     splits = loaded.items() if isinstance(loaded, DatasetDict) else [("", loaded)]
     for split, dataset in splits:
         label = f"{path}[{split}]" if split else str(path)

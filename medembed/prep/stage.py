@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import tempfile
 from collections import Counter, defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import artifacts, scratch
+from .. import artifacts, diskspace, scratch
 from ..config import ConfigError, DataConfig, PipelineConfig
 from ..models import embedding_dimension
 from . import card, lengths, probes
@@ -39,7 +40,11 @@ log = logging.getLogger(__name__)
 def run(config: PipelineConfig, train_dir: Path, eval_dir: Path) -> PrepStats:
     """The prep stage: the training base model tokenises (truncation figures) and mines negatives."""
     check_model_dims(config)
-    with scratch.work_dir("prep") as work:
+    with scratch.work_dir("prep") as work, diskspace.explained(
+            "data prep", {"the training-data output": train_dir, "the evaluation-data output": eval_dir,
+                          "scratch space (TMPDIR)": work},
+            "Nothing was written to the outputs (they appear only once complete); free space there or give the "
+            "task a larger disk, then run again"):
         stats = prepare(config.data, Path(train_dir), Path(eval_dir), model=config.train.base_model,
                         max_seq_length=config.train.max_seq_length, work_dir=Path(work))
     log.info("prep done: %d training pairs, %d evaluation queries over %d passages, fingerprint %s",
@@ -114,8 +119,16 @@ def prepare(config: DataConfig, train_dir: Path, eval_dir: Path, *, model: str, 
         _write_outputs(staged_train, staged_eval, train, negatives, dev, (queries, corpus, qrels), stats,
                        query_lengths, passage_lengths, max_seq_length)
         timer.done("write", "fingerprint %s", stats.fingerprint[:12])
-        artifacts.move_into(staged_train, Path(train_dir))
-        artifacts.move_into(staged_eval, Path(eval_dir))
+        moved: list[Path] = []
+        created = [d for d in (Path(train_dir), Path(eval_dir)) if not d.exists()]
+        try:
+            artifacts.move_into(staged_train, Path(train_dir), moved)
+            artifacts.move_into(staged_eval, Path(eval_dir), moved)
+        except BaseException:
+            # A move across filesystems copies: one that failed midway (a full disk) is taken back.
+            for path in moved + created:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            raise
     return stats
 
 

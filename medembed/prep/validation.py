@@ -122,7 +122,7 @@ def check_text(record: dict, name: str, max_chars: int) -> tuple[str | None, str
     if not isinstance(value, str):
         return None, f"wrong type ({type(value).__name__}, expected text)", False
     if "\ufffd" in value or _CONTROL.search(value) or (("Ã" in value or "â€" in value) and _MOJIBAKE.search(value)):
-        return None, "broken encoding (replacement or mojibake characters)", False
+        return None, "broken encoding (replacement or mojibake characters): save the file as UTF-8", False
     text, had_html = strip_html(value)
     text = normalize_text(text)
     if not text:

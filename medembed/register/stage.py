@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import diskspace
 from ..artifacts import RESULTS_FILE, STATS_FILE, TrainingInfo
 from ..config import PipelineConfig
 from ..lineage import run_lineage
@@ -43,7 +45,12 @@ def run(config: PipelineConfig, model_dir: Path, results_dir: Path, train_dir: P
     def card(version: int) -> str:
         return model_card.render(settings.model_name, version, info, results, stats, decision_text)
 
-    registration = registry.register(Path(model_dir), results, lineage, card, decision, owner=pipeline_run)
+    local_registry = None if settings.registry_uri.startswith("s3://") else settings.registry_uri
+    with diskspace.explained(
+            "model registration", {"registry.registry_uri": local_registry, "scratch space (TMPDIR)": tempfile.gettempdir()},
+            "The unfinished version stays invisible (it has no manifest) and its files were removed; free space there "
+            "(or point registry.registry_uri at a larger volume), then run again: it takes the next version number"):
+        registration = registry.register(Path(model_dir), results, lineage, card, decision, owner=pipeline_run)
     if registration.duplicate_of is not None:
         decision_text = (f"**Nothing registered:** these weights are already v{registration.duplicate_of}.\n\n"
                          + decision_text)

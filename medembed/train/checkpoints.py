@@ -112,11 +112,19 @@ class CheckpointStore:
         name = checkpoint_name(step)
         files = folder_checksums(local_dir)
         self.store.delete_prefix(name + "/")
-        self.store.upload_dir(Path(local_dir), name)
-        marker = {"step": step, "files": files}
-        if self.binding is not None:
-            marker["binding"] = self.binding
-        self.store.put_bytes(f"{name}/{MARKER}", json.dumps(marker).encode())
+        try:
+            self.store.upload_dir(Path(local_dir), name)
+            marker = {"step": step, "files": files}
+            if self.binding is not None:
+                marker["binding"] = self.binding
+            self.store.put_bytes(f"{name}/{MARKER}", json.dumps(marker).encode())
+        except Exception:
+            # Without its marker a partial checkpoint is never resumed; remove it too (full disk, dropped upload).
+            try:
+                self.store.delete_prefix(name + "/")
+            except Exception as exc:  # noqa: BLE001 - the missing marker already makes it invisible
+                log.warning("could not remove the unfinished checkpoint %s/%s: %s", self.uri, name, exc)
+            raise
         log.info("checkpoint %s uploaded (%d files) to %s", name, len(files), self.uri)
         if not self._swept and self.binding is not None:
             self._sweep(keep={step, *protect})
