@@ -80,3 +80,17 @@ bench-encode: setup
 ## -> bench/results/profile-train-{h200,cpu}/; bench_encode.py --profile DIR does the same for encoding.
 bench-profile: setup
 	$(PY) bench/profile_train.py --out bench/results/profile-train-$$($(PY) -c "import torch; print('h200' if torch.cuda.is_available() else 'cpu')") $(ARGS)
+
+.PHONY: bench-quality train-best
+## Generalisation benchmark (issue 10, docs/QUALITY.md): main's training settings before issue 10 vs the local profile
+## now vs the chosen ones, on probes built from data training never sees (leave-source-out, query styles, forgetting),
+## per dim with paired bootstrap intervals. DATA=<file or URI> for a larger input, FRENCH=<file> adds the FrenchMedMCQA
+## probe (multilingual bases). CPU: under 60 min on 2 cores. Writes bench/results/quality-{cpu,h200}.json + docs/QUALITY.md.
+bench-quality: setup
+	$(PY) bench/bench_quality.py $(if $(DATA),--data $(DATA)) $(if $(FRENCH),--french $(FRENCH)) --markdown docs/QUALITY.md $(ARGS)
+
+## Train the local base with the best settings found (query augmentation + the WiSE-FT weight chosen on shifted dev
+## probes) on DATA (a file, folder or s3:// URI; default: the bundled sample). Probe groups are held out of training so
+## that the per-dim table it prints is honest; the last line is `model: <absolute path>` (under models/train-best/).
+train-best: setup
+	$(PY) bench/bench_quality.py --arms chosen $(if $(DATA),--data $(DATA)) --save-model models/train-best --max-pairs 0 --out models/train-best/train-best.json $(ARGS)

@@ -29,7 +29,8 @@ def prep_data(
     shutil.copyfile(Path(train_data.path) / artifacts.CARD_HTML_FILE, data_card_html.path)
     train_data.metadata.update({"pairs": stats.train_pairs, "fingerprint": stats.fingerprint, "data_identity": data_identity,
                                 "negatives": stats.num_negatives, "languages": stats.languages})
-    eval_data.metadata.update({"queries": stats.eval_queries, "corpus": stats.eval_corpus, "layout": "beir"})
+    eval_data.metadata.update({"queries": stats.eval_queries, "corpus": stats.eval_corpus, "layout": "beir",
+                               "shift_probes": {name: probe["queries"] for name, probe in stats.shift_probes.items()}})
     for name, value in {
         "rows_read": stats.rows_read,
         "rows_dropped_bad": stats.dropped_bad,

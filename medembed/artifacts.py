@@ -3,7 +3,8 @@ one reads it. A stage may rely on nothing else another stage produced.
 
     prep      train_data/  train.jsonl (anchor, positive, negative_1..k), dev.jsonl, prep_stats.json,
                            validation_report.json, data_card.{md,html}
-              eval_data/   queries.jsonl, corpus.jsonl, qrels.tsv (BEIR layout), prep_stats.json
+              eval_data/   queries.jsonl, corpus.jsonl, qrels.tsv (BEIR layout), prep_stats.json,
+                           probes/<name>/ (built-in shifted probes, each a BEIR collection) + probes/probes.json
     train     model/       a sentence-transformers folder + training_info.json (TrainingInfo)
     evaluate  results/     results.json, report.{html,md}
     register  (the registry itself, see medembed.register)
@@ -32,6 +33,10 @@ CARD_HTML_FILE = "data_card.html"
 QUERIES_FILE = "queries.jsonl"
 CORPUS_FILE = "corpus.jsonl"
 QRELS_FILE = "qrels.tsv"
+# prep -> evaluate: the built-in shifted probes (guard collections) and their manifest
+# ({"probes": {name: {"kind", "queries", "corpus", "shares_main_corpus", "description"}}, "skipped": {...}}).
+PROBES_DIR = "probes"
+PROBES_MANIFEST_FILE = "probes.json"
 # train -> evaluate, register
 TRAINING_INFO = "training_info.json"
 # evaluate -> register, run-local
@@ -67,6 +72,10 @@ class TrainingInfo:
     packed_attention: bool = False
     # Evaluation encodes base and fine-tuned models at this length, so neither sees more text.
     max_seq_length: int = 0
+    # Rows added by query augmentation (train.augment), beyond the train_pairs prepared pairs.
+    augmented_rows: int = 0
+    # WiSE-FT weight of the fine-tuned model in the exported weights (1 = not mixed with the base).
+    wise_alpha: float = 1.0
 
     def write(self, model_dir: Path) -> None:
         (Path(model_dir) / TRAINING_INFO).write_text(json.dumps(dataclasses.asdict(self), indent=2))
@@ -121,6 +130,15 @@ def read_ir_set(folder: Path) -> tuple[dict[str, str], dict[str, str], dict[str,
             qid, pid, grade = line.rstrip("\n").split("\t")
             qrels[qid][pid] = int(grade)
     return queries, corpus, dict(qrels)
+
+
+def read_probe_manifest(eval_dir: Path) -> dict[str, dict]:
+    """{name: entry} of the built-in probes under eval_dir/probes/, in the order prep wrote them
+    (empty when there are none: data.shift_probes=() or an evaluation set from before them)."""
+    path = Path(eval_dir) / PROBES_DIR / PROBES_MANIFEST_FILE
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())["probes"]
 
 
 def ir_files(folder: Path) -> list[Path]:

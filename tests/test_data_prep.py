@@ -101,7 +101,8 @@ def test_planted_problems_are_caught_and_counted(tmp_path):
     assert stats.groups_crossing_splits == 0 and stats.near_duplicate_queries_crossing_splits == 0
     assert set(stats.pii_found) >= {"email", "phone", "record_number", "date_of_birth", "person_name"}
 
-    outputs = "".join(p.read_text() for d in ("train", "eval") for p in (tmp_path / d).iterdir())
+    # Every file, the built-in probes under eval/probes/ included.
+    outputs = "".join(p.read_text() for d in ("train", "eval") for p in (tmp_path / d).rglob("*") if p.is_file())
     for value in PLANTED_PII:
         assert value not in outputs, "personal data must be redacted from every output, reports included"
     assert "<b>" not in outputs and "Eczema is an itchy skin inflammation & rash." in outputs

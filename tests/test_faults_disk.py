@@ -46,7 +46,8 @@ def disk_runs(tmp_path_factory, tiny_model_dir):
     small, normal = root / "small", root / "normal"
     normal.mkdir()
     data = write_jsonl(normal / "pairs.jsonl", make_rows())
-    base = _overrides(tiny_model_dir, data)
+    # the checkpoint arithmetic below (a checkpoint per step, 4 steps) counts the pairs alone, without augmented rows
+    base = _overrides(tiny_model_dir, data, **{"train.augment_rate": 0.0})
     registry = {"registry.registry_uri": str(small / "registry")}
     scenarios = [
         {"name": "prep-scratch", "stage": "prep", "overrides": base, "tmpdir": str(small / "tmp"), "leave": 16 * KIB,

@@ -71,7 +71,9 @@ def test_kill_9_at_random_training_steps(s3_endpoint, tmp_path, tiny_model_dir):
     overrides = {"train.base_model": str(tiny_model_dir), "train.matryoshka_dims": "64,32", "train.epochs": 2,
                  "train.batch_size": 8, "train.learning_rate": 1e-3, "train.warmup_steps": 0, "train.eval_steps": 0,
                  "train.max_seq_length": 32, "train.mini_batch_size": 3, "train.checkpoint_uri": uri,
-                 "train.checkpoint_steps": 1, "train.checkpoint_keep": 2}
+                 "train.checkpoint_steps": 1, "train.checkpoint_keep": 2,
+                 # TOTAL_STEPS counts the pairs alone; augmentation's determinism has its own test (test_quality.py)
+                 "train.augment_rate": 0.0}
     train_dir = _train_dir(tmp_path)
     tmp = tmp_path / "tmp"
     tmp.mkdir()

@@ -180,7 +180,9 @@ def test_any_field_can_be_set_per_run_and_reaches_the_stage_unchanged(tmp_path, 
     assert {"loss", "epochs", "data_uri", "base_model", "matryoshka_dims", "overrides"} <= set(form)
 
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "runs"))
-    overrides = {"train.lora_r": 4, "eval.precisions": ["float32", "int8"], "data.column_map": ["question=prompt"]}
+    # LoRA adapters are not mixed with the base (WiSE-FT, which the local profile uses): wise_alpha back to 1.
+    overrides = {"train.lora_r": 4, "train.wise_alpha": 1, "eval.precisions": ["float32", "int8"],
+                 "data.column_map": ["question=prompt"]}
     pipeline(loss="cached_mnrl", overrides=overrides)
 
     run = next((tmp_path / "runs").glob("medical-embedding-finetune-*"))

@@ -60,7 +60,8 @@ def test_html_report_is_self_contained_with_plots_and_tables(results, tmp_path):
     assert len(images) == 6
     assert all(base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n" for png in images)
     assert not re.search(r'(src|href)="(http|//)', page), "the report must not load anything from outside"
-    assert page.count("<table>") == 6 and "<td>ndcg@10</td>" in page
+    # Every collection side by side, then three tables per collection.
+    assert page.count("<table>") == 7 and "<td>ndcg@10</td>" in page
     for dim in DIMS:
         assert f"<td>{dim}</td>" in page
     assert "binary + float rescoring" in page and "Per-language slices" in page and "extra-beir" in page
@@ -138,7 +139,11 @@ def test_local_run_leaves_the_report_in_the_run_folder(tmp_path, tiny_model_dir,
     page = Path(outcome["report"])
     assert page.parent == Path(outcome["run_root"]) and page.exists()
     text = page.read_text()
-    assert text.count("data:image/png;base64,") == 3 and "Dimension × precision" in text
+    # Three plots for the main set, one (NDCG@10 per dim) for each built-in probe prep wrote.
+    probes = outcome["results"]["collections"]
+    assert set(probes) == {"probe:keyword", "probe:lay", "probe:misspell"}  # passages too short for `halves`
+    assert text.count("data:image/png;base64,") == 3 + len(probes) and "Dimension × precision" in text
+    assert "Every collection side by side" in text
     assert (page.parent / "eval-report.md").read_text().startswith("# Matryoshka evaluation")
     # The KFP HTML and Markdown artifacts hold the same report.
     task_dir = next(Path(outcome["run_root"]).glob("*/evaluate-models"))

@@ -116,7 +116,7 @@ def compile_pipeline(config: PipelineConfig, output: Path) -> Path:
 
 
 def run_local_command(args) -> None:
-    from ..evaluate.tables import comparison_text
+    from ..evaluate.tables import comparison_text, guard_text
     from ..local_run import run_local
 
     outcome = run_local(_config(args), Path(args.runs_dir))
@@ -128,6 +128,10 @@ def run_local_command(args) -> None:
     else:
         print("\nBase vs fine-tuned, per Matryoshka dimension:")
         print(comparison_text(outcome["results"]))
+        if guards := guard_text(outcome["results"]):
+            print("\nGuard collections (built-in shifted probes, extra collections), NDCG@10 base -> fine-tuned, "
+                  "delta [95% interval]:")
+            print(guards)
         print(f"evaluation report: {outcome['report']}")
         print(f"v{outcome['version']}: " + outcome["decision"].splitlines()[0].replace("**", ""))
     print(f"model: {outcome['model_uri']}")

@@ -13,6 +13,7 @@ full-dim float32 score.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import CORPUS_FILE, QRELS_FILE, QUERIES_FILE, fingerprint, ir_files, read_ir_set, read_jsonl
+from ..artifacts import (CORPUS_FILE, PROBES_DIR, QRELS_FILE, QUERIES_FILE, fingerprint, ir_files, read_ir_set,
+                         read_jsonl, read_probe_manifest)
 from ..config import EvalConfig
 from .metrics import ALL_METRICS, GATE_METRIC, HEADLINE_METRICS, MAX_K, Judgements, bootstrap_means, paired_deltas
 from .search import (BINARY, BINARY_RESCORE, FLOAT32, INT8, PRECISIONS, binary_quantize, bytes_per_vector,
@@ -30,6 +32,8 @@ from .search import (BINARY, BINARY_RESCORE, FLOAT32, INT8, PRECISIONS, binary_q
 from .tables import MODELS
 
 log = logging.getLogger(__name__)
+# results["collections"] keys of the built-in shifted probes (eval_data/probes/<name>/): "probe:keyword".
+PROBE_PREFIX = "probe:"
 
 def score_grid(query_emb, corpus_emb, judgements: Judgements, dims, precisions=PRECISIONS,
                query_chunk: int = 1024, rescore_multiplier: int = 4, device: str = "cpu"):
@@ -207,6 +211,78 @@ def encode_ir_set(model, queries: dict[str, str], corpus: dict[str, str], batch_
             encode(model, list(corpus.values()), "document", batch_size, **speed_options))
 
 
+def texts_digest(texts) -> str:
+    """Identity of an ordered list of texts: equal digests, equal embeddings for one model."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+class SharedEncoder:
+    """Encodes text lists for one model, once per distinct list: a list that several collections
+    share (the built-in query-style probes carry the evaluation corpus unchanged) is encoded the
+    first time and reused; lists used once are not kept. `encoded` counts the texts actually encoded."""
+
+    def __init__(self, model, batch_size: int, shared: set[tuple[str, str]], **speed_options):
+        self.model, self.batch_size, self.shared, self.speed = model, batch_size, shared, speed_options
+        self.cache: dict[tuple[str, str], object] = {}
+        self.encoded = 0
+
+    def __call__(self, texts: list[str], kind: str):
+        from ..encoding import encode
+
+        key = (kind, texts_digest(texts))
+        if key in self.cache:
+            return self.cache[key]
+        embeddings = encode(self.model, texts, kind, self.batch_size, **self.speed)
+        self.encoded += len(texts)
+        if key in self.shared:
+            self.cache[key] = embeddings
+        return embeddings
+
+    def collection(self, collection: "IRCollection"):
+        return self(list(collection.queries.values()), "query"), self(list(collection.corpus.values()), "document")
+
+
+def shared_text_lists(collections) -> set[tuple[str, str]]:
+    """(kind, digest) of the text lists that more than one collection holds."""
+    seen: dict[tuple[str, str], int] = {}
+    for collection in collections:
+        for kind, texts in (("query", collection.queries.values()), ("document", collection.corpus.values())):
+            key = (kind, texts_digest(texts))
+            seen[key] = seen.get(key, 0) + 1
+    return {key for key, n in seen.items() if n > 1}
+
+
+@dataclass
+class Scored:
+    """One collection as the evaluation scores it: the main set (every precision), a built-in probe
+    (float32: the gate and the side-by-side table read float32; the index recommendation comes
+    from the main set) or an extra collection (every precision). All but the main set are guards."""
+
+    key: str
+    collection: IRCollection
+    precisions: tuple[str, ...]
+    kind: str
+    description: str = ""
+
+
+def collections_to_score(eval_dir: Path, config: EvalConfig, work_dir: Path) -> list[Scored]:
+    precisions = tuple(config.precisions)
+    out = [Scored("main", IRCollection("main", Path(eval_dir)), precisions, "main")]
+    for name, entry in read_probe_manifest(Path(eval_dir)).items():
+        out.append(Scored(f"{PROBE_PREFIX}{name}", IRCollection(name, Path(eval_dir) / PROBES_DIR / name), (FLOAT32,),
+                          f"built-in probe, {entry['kind']}", entry.get("description", "")))
+    for uri in config.extra_collections:
+        name = collection_name(uri)
+        if name == "main" or any(s.key == name for s in out):
+            raise ValueError(f"eval.extra_collections: two collections are named {name!r} (the last part of {uri})")
+        out.append(Scored(name, IRCollection(name, fetch_collection(uri, work_dir)), precisions, "extra collection", uri))
+    return out
+
+
 @dataclass
 class Champion:
     """The registry's current champion, pulled to `path`, to be scored beside the candidate."""
@@ -221,69 +297,80 @@ class Champion:
 def evaluate(eval_dir: Path, finetuned_ref: str, base_ref: str, dims: list[int], query_prompt: str,
              passage_prompt: str, config: EvalConfig, max_seq_length: int | None = None,
              champion: Champion | None = None) -> dict:
-    """Base vs fine-tuned at every (dim, precision) on the prepared IR set and on every extra
-    collection, and the champion (float32, with its own prompts and length) at the dims both share.
-    Each model is loaded once and encodes each collection once. `dims` are the model's Matryoshka
-    dims (descending, as the training record holds them)."""
+    """Base vs fine-tuned at every (dim, precision) on the prepared IR set, and at float32 on the
+    built-in shifted probes prep wrote under eval_dir/probes/ and at every (dim, precision) on each
+    extra collection (both guard collections); the champion (float32, with its own prompts and
+    length) at the dims both share. Each model is loaded once and encodes each distinct text list
+    once: the query-style probes share the evaluation corpus, which is encoded one time per model.
+    `dims` are the model's Matryoshka dims (descending, as the training record holds them)."""
     from ..config import AUTO
     from ..models import configure_torch, load_model
 
     device = configure_torch()
-    precisions = tuple(config.precisions)
     batch_size, query_chunk = config.batch_size, config.query_chunk_size
+    speed = dict(packed_attention=config.packed_attention, compile_layers=config.compile_layers,
+                 graph=config.graph_encoder, graph_compile=config.graph_compile, row_tokens=config.row_tokens)
     with tempfile.TemporaryDirectory() as work:
-        collections = [IRCollection("main", Path(eval_dir))]
-        collections += [IRCollection(collection_name(uri), fetch_collection(uri, Path(work))) for uri in config.extra_collections]
-    per_query = {c.name: {} for c in collections}
-    latency = {c.name: {} for c in collections}
+        scored = collections_to_score(Path(eval_dir), config, Path(work))
+    shared = shared_text_lists([s.collection for s in scored])
+    per_query = {s.key: {} for s in scored}
+    latency = {s.key: {} for s in scored}
     encode_seconds: dict[str, float] = {}
+    encoded_texts: dict[str, int] = {}
     for label, ref in (("base", base_ref), ("finetuned", finetuned_ref)):
         model = load_model(ref, query_prompt, passage_prompt, max_seq_length or None, device=device)
         if model.get_embedding_dimension() < dims[0]:
             raise ValueError(f"{label} model has {model.get_embedding_dimension()} dims, fewer than {dims[0]}")
-        for collection in collections:
+        encoder = SharedEncoder(model, batch_size, shared, **speed)
+        start_model = time.perf_counter()
+        for item in scored:
+            collection = item.collection
             log.info("%s model: encoding %d queries and %d passages of %s", label, len(collection.queries),
-                     len(collection.corpus), collection.name)
+                     len(collection.corpus), item.key)
             start = time.perf_counter()
-            q, c = encode_ir_set(model, collection.queries, collection.corpus, batch_size,
-                                 packed_attention=config.packed_attention, compile_layers=config.compile_layers,
-                                 graph=config.graph_encoder, graph_compile=config.graph_compile,
-                                 row_tokens=config.row_tokens)
-            encode_seconds[f"{collection.name}.{label}"] = time.perf_counter() - start
-            log.info("%s model: scoring %d dims x %d precisions on %s", label, len(dims), len(precisions), collection.name)
-            per_query[collection.name][label], latency[collection.name][label] = score_grid(
-                q, c, collection.judgements, dims, precisions, query_chunk, config.rescore_multiplier, device)
-        del model
+            q, c = encoder.collection(collection)
+            encode_seconds[f"{item.key}.{label}"] = time.perf_counter() - start
+            per_query[item.key][label], latency[item.key][label] = score_grid(
+                q, c, collection.judgements, dims, item.precisions, query_chunk, config.rescore_multiplier, device)
+        encode_seconds[f"all.{label}"] = time.perf_counter() - start_model
+        encoded_texts[label] = encoder.encoded
+        del model, encoder
     if champion is not None and not champion.error:
         model = load_model(champion.path, AUTO, AUTO, champion.max_seq_length, device=device)
-        shared = [d for d in dims if d in champion.dims and d <= model.get_embedding_dimension()]
-        for collection in collections:
-            log.info("champion v%d: encoding %s (dims %s)", champion.version, collection.name, shared)
-            q, c = encode_ir_set(model, collection.queries, collection.corpus, batch_size,
-                                 packed_attention=config.packed_attention, compile_layers=config.compile_layers,
-                                 graph=config.graph_encoder, graph_compile=config.graph_compile,
-                                 row_tokens=config.row_tokens)
-            per_query[collection.name]["champion"], _ = score_grid(q, c, collection.judgements, shared, (FLOAT32,),
-                                                                   query_chunk, config.rescore_multiplier, device)
-        del model
+        shared_dims = [d for d in dims if d in champion.dims and d <= model.get_embedding_dimension()]
+        encoder = SharedEncoder(model, batch_size, shared, **speed)
+        start_model = time.perf_counter()
+        for item in scored:
+            log.info("champion v%d: encoding %s (dims %s)", champion.version, item.key, shared_dims)
+            q, c = encoder.collection(item.collection)
+            per_query[item.key]["champion"], _ = score_grid(q, c, item.collection.judgements, shared_dims, (FLOAT32,),
+                                                           query_chunk, config.rescore_multiplier, device)
+        encode_seconds["all.champion"] = time.perf_counter() - start_model
+        encoded_texts["champion"] = encoder.encoded
+        del model, encoder
     results: dict = {}
-    for collection in collections:
+    for item in scored:
+        collection = item.collection
         summary = {
             "dims": dims,
             "base_model": base_ref,
             "n_queries": len(collection.queries),
             "n_corpus": len(collection.corpus),
             "eval_fingerprint": collection.fingerprint,
-            **summarize(per_query[collection.name], latency[collection.name], dims, precisions,
+            **summarize(per_query[item.key], latency[item.key], dims, item.precisions,
                         len(collection.corpus), config, collection.languages),
         }
         if champion is not None:
             summary["champion"] = {"version": champion.version, "error": champion.error, "deltas": {},
                                    **summary.get("champion", {})}
-        if collection.name == "main":
+        if item.key == "main":
             results = summary
         else:
-            results.setdefault("collections", {})[collection.name] = summary
+            # Every collection but the main set is a guard: the gate refuses a candidate significantly
+            # worse than the base on any of them.
+            summary.update(guard=True, kind=item.kind, description=item.description)
+            results.setdefault("collections", {})[item.key] = summary
     # Through JSON so the returned dict equals what results.json holds (tuples become lists).
-    results["settings"] = json.loads(json.dumps({**asdict(config), "device": device, "encode_seconds": encode_seconds}))
+    results["settings"] = json.loads(json.dumps({**asdict(config), "device": device, "encode_seconds": encode_seconds,
+                                                 "encoded_texts": encoded_texts}))
     return results

@@ -1,8 +1,10 @@
 """The evaluation report: a self-contained HTML page (plots as base64 PNGs, tables) for the
 Kubeflow UI's HTML viewer and the local run folder, and the same tables as a Markdown summary.
 
-It answers "which dimension and precision should we index?": the recommendation first, then the
-evidence (quality per dim with bootstrap intervals, quality vs index size, the dim x precision grid).
+It answers "which dimension and precision should we index?": the recommendation first, then every
+collection side by side (the main set and the guard collections: built-in shifted probes and extra
+collections, NDCG@10 base -> fine-tuned with the paired interval per dim), then the evidence per
+collection (quality per dim with bootstrap intervals, quality vs index size, the dim x precision grid).
 """
 
 from __future__ import annotations
@@ -69,6 +71,30 @@ def recommendation_text(results: dict) -> str:
 
 
 # --------------------------------------------------------------------------- tables
+
+
+def _full_grid(results: dict) -> bool:
+    return "grid" in results and len(results.get("precisions", [])) > 1
+
+
+def side_by_side_table(results: dict) -> Table:
+    """Every collection in one table: NDCG@10 (float32) base -> fine-tuned and Δ [95% paired interval]
+    per dim. ▼ marks an interval entirely below 0 (the gate refuses such a candidate)."""
+    dims = results["dims"]
+    headers = ["collection", "kind", "queries"] + [f"dim {d}: base → fine-tuned, Δ [95% interval]" for d in dims]
+    rows = []
+    for name, collection in _collections(results):
+        kind = "main (the training data's own template)" if collection is results else collection.get("kind", "extra collection")
+        cells = []
+        for d in dims:
+            base, tuned = collection["base"][str(d)][GATE_METRIC], collection["finetuned"][str(d)][GATE_METRIC]
+            delta = collection.get("deltas", {}).get(str(d), {}).get(FLOAT32, {}).get(GATE_METRIC)
+            text = f"{base:.4f} → {tuned:.4f}, " + (_delta_text(delta) or f"{tuned - base:+.4f}")
+            if delta and delta["high"] < 0:
+                text += " ▼"
+            cells.append(text)
+        rows.append([name, kind, str(collection["n_queries"])] + cells)
+    return headers, rows
 
 
 def float32_table(results: dict, metrics=REPORT_METRICS) -> Table:
@@ -143,7 +169,7 @@ def _sections(results: dict) -> list[tuple[str, str, Table]]:
     answers the indexing question first, then the base-vs-fine-tuned evidence."""
     n = f"{results['n_queries']} queries, {results['n_corpus']} passages"
     sections = []
-    if "grid" in results:
+    if _full_grid(results):
         sections.append(("Dimension × precision",
                          f"{n}. int8 ranges are calibrated on the corpus embeddings; binary search ranks by Hamming "
                          "distance; rescoring re-ranks the binary top candidates with the float query (no extra storage). "
@@ -250,7 +276,7 @@ def plots(results: dict) -> list[tuple[str, str]]:
 
     matplotlib.use("Agg")  # headless: KFP pods and CI have no display
     out = [("NDCG@10 vs dimension, base and fine-tuned, with 95% bootstrap intervals", plot_quality_vs_dim(results))]
-    if "grid" in results:
+    if _full_grid(results):
         out.append(("Quality vs index size across precisions", plot_quality_vs_size(results)))
         out.append(("Dimension × precision heat map", plot_heatmap(results)))
     return out
@@ -263,12 +289,30 @@ def _collections(results: dict) -> list[tuple[str, dict]]:
     return [("main evaluation set", results)] + list(results.get("collections", {}).items())
 
 
+SIDE_BY_SIDE_NOTE = ("NDCG@10 at float32, base → fine-tuned, Δ = fine-tuned − base [95% paired bootstrap interval over "
+                     "queries]; * = the interval excludes 0; ▼ = entirely below 0. Every collection but the main set is a "
+                     "guard: the gate refuses a candidate significantly worse than the base on any of them. Built-in "
+                     "probes (data.shift_probes) are built by prep from the same held-out test split, queried in ways "
+                     "the training template never uses (query styles) or testing what the base already does well "
+                     "(forgetting).")
+
+
+def _describe(name: str, collection: dict, results: dict) -> str:
+    if collection is results:
+        return ""
+    return f"{collection.get('kind', 'extra collection')}" + (f": {collection['description']}" if collection.get("description") else "")
+
+
 def render_markdown(results: dict) -> str:
     lines = ["# Matryoshka evaluation", "", f"**Recommendation:** {recommendation_text(results)}", ""]
+    if results.get("collections"):
+        lines += ["## Every collection side by side", "", SIDE_BY_SIDE_NOTE, "", _markdown_table(side_by_side_table(results)), ""]
     for name, collection in _collections(results):
         lines += [f"## Collection: {name}", ""]
         if collection is not results:
-            lines += [f"Recommendation here: {recommendation_text(collection)}", ""]
+            lines += [_describe(name, collection, results) + ".", ""]
+            if _full_grid(collection):
+                lines += [f"Recommendation here: {recommendation_text(collection)}", ""]
         for title, explanation, table in _sections(collection):
             lines += [f"### {title}", "", explanation, "", _markdown_table(table), ""]
     lines += [_method_note(results)]
@@ -299,10 +343,15 @@ td:first-child,th:first-child{text-align:left}tr.chosen td{background:#fff4c2;fo
 def render_html(results: dict) -> str:
     parts = [f"<h1>Matryoshka evaluation: which dimension and precision to index</h1>",
              f'<p class="rec"><b>Recommendation.</b> {html.escape(recommendation_text(results))}</p>']
+    if results.get("collections"):
+        parts += ["<h2>Every collection side by side</h2>", f'<p class="note">{html.escape(SIDE_BY_SIDE_NOTE)}</p>',
+                  _html_table(side_by_side_table(results))]
     for name, collection in _collections(results):
         parts.append(f"<h2>Collection: {html.escape(name)}</h2>")
         if collection is not results:
-            parts.append(f"<p>{html.escape(recommendation_text(collection))}</p>")
+            parts.append(f"<p>{html.escape(_describe(name, collection, results))}</p>")
+            if _full_grid(collection):
+                parts.append(f"<p>{html.escape(recommendation_text(collection))}</p>")
         parts.append('<div class="plots">' + "".join(
             f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{png}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"

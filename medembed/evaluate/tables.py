@@ -4,6 +4,7 @@ that line up in the Kubeflow UI's run-compare view."""
 from __future__ import annotations
 
 import math
+import re
 
 from .metrics import GATE_METRIC, HEADLINE_METRICS
 from .search import FLOAT32, PRECISION_BITS
@@ -51,6 +52,24 @@ def comparison_text(results: dict, metrics: tuple[str, ...] = ("ndcg@10", "mrr@1
     return "\n".join(rows)
 
 
+def guard_text(results: dict) -> str:
+    """Guard collections (built-in shifted probes, extra collections) for terminals: NDCG@10 base ->
+    fine-tuned and Δ [95% interval] per dim; "(worse)" marks an interval entirely below 0."""
+    collections = results.get("collections") or {}
+    if not collections:
+        return ""
+    rows = []
+    for name, collection in collections.items():
+        cells = []
+        for dim in results["dims"]:
+            base, tuned = collection["base"][str(dim)][GATE_METRIC], collection["finetuned"][str(dim)][GATE_METRIC]
+            d = collection["deltas"][str(dim)][FLOAT32][GATE_METRIC]
+            cells.append(f"{dim}: {base:.4f}->{tuned:.4f} {d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+                         + (" (worse)" if d["high"] < 0 else ""))
+        rows.append(f"  {name} ({collection['n_queries']} queries)\n    " + "\n    ".join(cells))
+    return "\n".join(rows)
+
+
 def kfp_metric_name(metric: str, dim: int | str, precision: str = FLOAT32, model: str = "finetuned") -> str:
     """Names that line up in KFP's run-compare view: metric first, then dim, then precision, e.g.
     `ndcg_at_10.dim_256.int8` for the fine-tuned model and `ndcg_at_10.dim_256.int8.base` for the base."""
@@ -74,6 +93,14 @@ def kfp_metrics(results: dict) -> dict[str, float]:
         if delta:
             for key, suffix in (("delta", "delta"), ("low", "delta_low"), ("high", "delta_high")):
                 out[kfp_metric_name(GATE_METRIC, dim, FLOAT32, suffix)] = delta[key]
+    for name, collection in (results.get("collections") or {}).items():
+        # e.g. guard.probe_keyword.ndcg_at_10.dim_256.delta_low: each guard collection's float32 NDCG@10 delta.
+        prefix = "guard." + re.sub(r"[^A-Za-z0-9_-]+", "_", name)
+        for dim in results["dims"]:
+            delta = collection.get("deltas", {}).get(str(dim), {}).get(FLOAT32, {}).get(GATE_METRIC)
+            if delta:
+                for key, suffix in (("delta", "delta"), ("low", "delta_low"), ("high", "delta_high")):
+                    out[f"{prefix}.{GATE_METRIC.replace('@', '_at_')}.dim_{dim}.{suffix}"] = delta[key]
     rec = results.get("recommendation")
     if rec:
         out["recommended.dim"] = rec["dim"]

@@ -82,6 +82,13 @@ def markdown(stats: dict) -> str:
                   f"candidates {m['skipped_possible_positive']} were possible positives (same topic and question "
                   f"type, or a near-duplicate question or answer) and "
                   f"{m['skipped_margin_or_ceiling']} scored too close to the positive: all skipped."]
+    if stats.get("shift_probes"):
+        lines += ["", "## Built-in shifted probes (eval_data/probes/, guard collections)", "",
+                  "Built from the test split: the same held-out passages, queried in ways the training template never uses.", "",
+                  "| probe | kind | queries | passages | what |", "| --- | --- | ---: | ---: | --- |"]
+        lines += [f"| {name} | {p['kind']} | {p['queries']} | {p['corpus']}"
+                  f"{' (the evaluation corpus)' if p['shares_main_corpus'] else ''} | {p['description']} |"
+                  for name, p in stats["shift_probes"].items()]
     return "\n".join(lines) + "\n"
 
 

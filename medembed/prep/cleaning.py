@@ -76,7 +76,8 @@ def load_pairs(config: DataConfig, stats: PrepStats, download_dir: Path) -> list
             groups = {name: _group_values(record.get(name)) for name in config.group_fields}
             guard = {name: _group_values(record.get(name)) for name in config.negative_guard_fields}
             pairs.append({"file": file, "row": row_no, "query": query, "passage": passage, "groups": groups,
-                          "guard": guard, "source": source.tag})
+                          "guard": guard, "source": source.tag, "topic": _first_value(record.get(config.topic_field)),
+                          "qtype": _first_value(record.get(config.qtype_field))})
     label = ", ".join(labels)
     stats.rows_read = report.rows_read
     stats.dropped_bad = report.bad_rows
@@ -102,6 +103,12 @@ def load_pairs(config: DataConfig, stats: PrepStats, download_dir: Path) -> list
                         "remove it at the source, or set data.pii_action=redact to replace it with placeholders")
     stats.rows_by_source = dict(Counter(p["source"] for p in pairs))
     return pairs
+
+
+def _first_value(value: object) -> str:
+    """A row's topic or question type as text ("" when absent): the built-in shifted probes read it."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return next((v for v in (normalize_text(x) for x in values if x is not None) if v), "")
 
 
 def _group_values(value: object) -> tuple[str, ...]:

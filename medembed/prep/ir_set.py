@@ -13,7 +13,8 @@ def build_ir_set(
 ) -> tuple[list[dict], list[dict], list[tuple[str, str, int]]]:
     """BEIR-style queries, corpus and qrels. Identical query texts become one query with every one
     of their passages relevant; (near-)duplicate passages become one corpus entry, so a duplicate
-    of the answer is never counted as a miss. Distractors are passages of other groups."""
+    of the answer is never counted as a miss. Distractors are passages of other groups. Each test
+    pair gets its "qid" and "pid" in the set (the built-in probes refer to them)."""
     query_ids: dict[str, str] = {}
     query_rows: list[dict] = []
     passage_ids: dict[object, str] = {}
@@ -29,6 +30,7 @@ def build_ir_set(
             passage_ids[passage_key] = f"d{len(passage_ids)}"
             corpus.append({"_id": passage_ids[passage_key], "text": pair["passage"]})
         qrels.add((query_ids[query_key], passage_ids[passage_key]))
+        pair["qid"], pair["pid"] = query_ids[query_key], passage_ids[passage_key]
     for text in distractors:
         corpus.append({"_id": f"x{len(corpus)}", "text": text})
     return query_rows, corpus, sorted((q, p, 1) for q, p in qrels)

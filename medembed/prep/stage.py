@@ -4,7 +4,8 @@ Phases (each timed in PrepStats and shown in the data card): read and clean (cle
 validate, normalise, personal data, exact duplicates) -> near-duplicates and a group split with a
 leakage check (split.py) -> language tags -> token lengths against the training model -> the
 training pairs and the IR evaluation set with distractors (ir_set.py) -> hard negatives mined with
-the training base model (negatives.py) -> write, data card, content fingerprint.
+the training base model (negatives.py) -> write, with the built-in shifted probes built from the
+test split under eval_data/probes/ (probes.py, data.shift_probes) -> data card, content fingerprint.
 
 Errors are `DataError`s whose message names the file, row and field: prep fails on them before any
 GPU time is spent, and outputs are staged and moved in only when everything passed.
@@ -24,7 +25,7 @@ from pathlib import Path
 from .. import artifacts, diskspace, scratch
 from ..config import ConfigError, DataConfig, PipelineConfig
 from ..models import embedding_dimension
-from . import card, lengths
+from . import card, lengths, probes
 from .cleaning import load_pairs
 from .ingest import DataError
 from .ir_set import build_ir_set, pick_distractors
@@ -95,7 +96,7 @@ def prepare(config: DataConfig, train_dir: Path, eval_dir: Path, *, model: str, 
                    stats.token_lengths["passages"]["truncated"], len(passage_lengths), max_seq_length,
                    stats.token_lengths["passages"]["truncated_pct"])
 
-        train, dev, (queries, corpus, qrels) = _build_sets(pairs, splits, config, stats)
+        train, dev, test, (queries, corpus, qrels) = _build_sets(pairs, splits, config, stats)
 
         negatives: list[list[str]] = [[] for _ in train]
         if config.num_negatives > 0:
@@ -110,6 +111,11 @@ def prepare(config: DataConfig, train_dir: Path, eval_dir: Path, *, model: str, 
                        json.dumps(stats.mining))
 
         staged_train, staged_eval = scratch / "train", scratch / "eval"
+        staged_eval.mkdir()
+        stats.shift_probes = probes.build_shift_probes(test, corpus, config.shift_probes, staged_eval / probes.PROBES_DIR,
+                                                       config.shift_probe_max_queries, config.seed)
+        timer.done("probes", "%s", ", ".join(f"{name}: {p['queries']} queries over {p['corpus']} passages"
+                                             for name, p in stats.shift_probes.items()) or "none")
         _write_outputs(staged_train, staged_eval, train, negatives, dev, (queries, corpus, qrels), stats,
                        query_lengths, passage_lengths, max_seq_length)
         timer.done("write", "fingerprint %s", stats.fingerprint[:12])
@@ -143,7 +149,7 @@ def _measure_lengths(pairs: list[dict], config: DataConfig, model: str, max_seq_
 
 
 def _build_sets(pairs: list[dict], splits: list[str], config: DataConfig, stats: PrepStats):
-    """(training pairs, dev pairs, (queries, corpus, qrels) of the test split with distractors)."""
+    """(training pairs, dev pairs, test pairs, (queries, corpus, qrels) of the test split with distractors)."""
     by_split: dict[str, list[dict]] = defaultdict(list)
     for pair, split in zip(pairs, splits):
         by_split[split].append(pair)
@@ -163,14 +169,14 @@ def _build_sets(pairs: list[dict], splits: list[str], config: DataConfig, stats:
     stats.train_pairs, stats.dev_pairs = len(train), len(by_split["dev"])
     stats.eval_queries, stats.eval_corpus, stats.eval_qrels = len(queries), len(corpus), len(qrels)
     stats.eval_distractors = len(distractors)
-    return train, by_split["dev"], (queries, corpus, qrels)
+    return train, by_split["dev"], by_split["test"], (queries, corpus, qrels)
 
 
 def _write_outputs(train_dir: Path, eval_dir: Path, train: list[dict], negatives: list[list[str]], dev: list[dict],
                    ir_set: tuple, stats: PrepStats, query_lengths: list[int], passage_lengths: list[int],
                    max_seq_length: int) -> None:
     train_dir.mkdir()
-    eval_dir.mkdir()
+    eval_dir.mkdir(exist_ok=True)
     artifacts.write_jsonl(train_dir / artifacts.TRAIN_FILE, (_train_row(p, n) for p, n in zip(train, negatives)))
     artifacts.write_jsonl(train_dir / artifacts.DEV_FILE, ({"anchor": p["query"], "positive": p["passage"]} for p in dev))
     artifacts.write_ir_set(eval_dir, *ir_set)

@@ -42,6 +42,8 @@ class PrepStats:
     eval_qrels: int = 0
     groups_crossing_splits: int = 0
     near_duplicate_queries_crossing_splits: int = 0
+    # Built-in shifted probes written under eval_data/probes/ (probes.build_shift_probes), by name.
+    shift_probes: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
     step_seconds: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""

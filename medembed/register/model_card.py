@@ -28,6 +28,17 @@ def index_contract(train_info: dict) -> dict:
     }
 
 
+def methods_text(train_info: dict) -> str:
+    """Query augmentation and WiSE-FT, when the training used them (issue 10)."""
+    parts = []
+    if train_info.get("augmented_rows"):
+        parts.append(f"{train_info['augmented_rows']} extra rows of query augmentation from the data")
+    if train_info.get("wise_alpha", 1.0) < 1.0:
+        parts.append(f"weights mixed with the base model (WiSE-FT, {train_info['wise_alpha']:g} x fine-tuned + "
+                     f"{1 - train_info['wise_alpha']:g} x base)")
+    return (" With " + "; ".join(parts) + ".") if parts else ""
+
+
 def render(model_name: str, version: int, train_info: dict, results: dict, data_stats: dict, decision_markdown: str) -> str:
     contract = index_contract(train_info)
     dims = ", ".join(str(d) for d in contract["valid_dims"])
@@ -41,7 +52,7 @@ tags: [sentence-transformers, matryoshka, medical, retrieval]
 
 Fine-tuned from `{train_info['base_model']}` with MatryoshkaLoss(MultipleNegativesRankingLoss) on
 {train_info['train_pairs']} medical question/passage pairs ({train_info['steps']} steps, {train_info['epochs']} epoch(s),
-device {train_info['device']}, bf16={train_info['bf16']}).
+device {train_info['device']}, bf16={train_info['bf16']}).{methods_text(train_info)}
 
 ## Promotion gate
 {decision_markdown}
@@ -63,5 +74,6 @@ Data fingerprint: `{data_stats.get('fingerprint', '')}`; evaluation set fingerpr
 
 ## Data and licence
 {data_licence(data_stats.get('source', ''))}
-Not a medical device; retrieval quality was measured on the split above only.
+Not a medical device; retrieval quality was measured on the split above and on the guard collections the gate
+lists (built-in shifted probes of that split, extra collections) only.
 """

@@ -27,7 +27,9 @@ def build_loss(model, config: TrainConfig, processes: int = 1):
         )
     else:
         inner = MultipleNegativesRankingLoss(model, gather_across_devices=gather)
-    return MatryoshkaLoss(model, inner, matryoshka_dims=list(config.matryoshka_dims))
+    # train.matryoshka_weights: one per dim in descending order (config checks the count); () = all 1.
+    weights = [float(w) for w in config.matryoshka_weights] or None
+    return MatryoshkaLoss(model, inner, matryoshka_dims=list(config.matryoshka_dims), matryoshka_weights=weights)
 
 
 def column_prompts(columns: list[str], query_prompt: str, passage_prompt: str) -> dict[str, str] | None:

@@ -5,7 +5,10 @@ embedding can be cut to any configured dim. Speed: bf16 autocast and TF32 on GPU
 (it re-plans for every shape), rows of each batch sorted by length so GradCache mini-batches carry
 little padding, a padding-free compiled encoder on GPU (medembed.packing) whose layout and GradCache
 mini-batches come from CPU-side text lengths (medembed.train.gradcache: no host sync per mini-batch), and
-optionally a bf16 compute copy of the encoder with fp32 masters (medembed.mixed, train.compute_copy). Robustness: checkpoints
+optionally a bf16 compute copy of the encoder with fp32 masters (medembed.mixed, train.compute_copy). Generalisation
+(issue 10, docs/QUALITY.md): query augmentation from the data right after the training rows are read
+(augment.py, train.augment / augment_rate) and WiSE-FT, the exported weights mixed with the base model's
+(wiseft.py, train.wise_alpha), in `save`. Robustness: checkpoints
 mirrored to the object store and resumed after a restart (checkpoints.py); evaluation on the dev split
 during training with the best checkpoint kept (curves.py). With several GPUs, `launcher` starts one
 such process per GPU; this module never launches anything.
@@ -22,7 +25,7 @@ from pathlib import Path
 from ..artifacts import DEV_FILE, TRAIN_FILE, TrainingInfo, read_jsonl
 from ..config import TrainConfig
 from ..models import configure_torch, load_model, resolve_prompts
-from . import checkpoints, curves, lora
+from . import augment, checkpoints, curves, lora, wiseft
 from .losses import LengthSortedCollator, build_loss, column_prompts
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ class Recipe:
     rank: int
     world: int
     train_pairs: int
+    augmented_rows: int
     query_prompt: str
     passage_prompt: str
     packed: bool
@@ -99,6 +103,11 @@ def setup(train_dir: Path, config: TrainConfig, work_dir: Path, callbacks: list 
         mixed.enable(model, compile_layers=packing.wanted(config.compile_layers, device))
 
     train_rows = read_jsonl(train_dir / TRAIN_FILE)
+    train_pairs = len(train_rows)
+    if config.augment and config.augment_rate > 0:
+        train_rows = augment.augment_rows(train_rows, tuple(config.augment), config.augment_rate, config.seed)
+        log.info("query augmentation (%s, rate %g): %d extra rows", ",".join(config.augment), config.augment_rate,
+                 len(train_rows) - train_pairs)
     dev_path = train_dir / DEV_FILE
     dev_rows = read_jsonl(dev_path) if dev_path.exists() else []
     train_dataset = Dataset.from_list(train_rows).shuffle(seed=config.seed)
@@ -137,7 +146,8 @@ def setup(train_dir: Path, config: TrainConfig, work_dir: Path, callbacks: list 
         trainer.data_collator = LengthSortedCollator(trainer.data_collator)
     if packed:  # text lengths on the CPU: packing layout and GradCache mini-batches without host syncs
         trainer.data_collator = gradcache.LengthsCollator(trainer.data_collator)
-    return Recipe(config, trainer, model, device, bf16, rank, world, len(train_rows), query_prompt, passage_prompt,
+    return Recipe(config, trainer, model, device, bf16, rank, world, train_pairs, len(train_rows) - train_pairs,
+                  query_prompt, passage_prompt,
                   packed, evaluator is not None, resume_from)
 
 
@@ -208,6 +218,8 @@ def _training_info(recipe: Recipe, output, seconds: float, output_dir: Path) -> 
         query_prompt=recipe.query_prompt,
         passage_prompt=recipe.passage_prompt,
         train_pairs=recipe.train_pairs,
+        augmented_rows=recipe.augmented_rows,
+        wise_alpha=config.wise_alpha,
         steps=output.global_step,
         epochs=config.epochs,
         train_loss=float(output.training_loss),
@@ -227,11 +239,16 @@ def _training_info(recipe: Recipe, output, seconds: float, output_dir: Path) -> 
 
 
 def save(recipe: Recipe, info: TrainingInfo, output_dir: Path, curves_dir: Path | None) -> None:
-    """The plain padded model (adapters merged), training_info.json and the training curves."""
+    """The plain padded model (adapters merged; mixed with the base when train.wise_alpha < 1),
+    training_info.json and the training curves."""
     from .. import packing
 
     output_dir.mkdir(parents=True, exist_ok=True)
     packing.disable(recipe.model)  # the exported model is the plain padded one, whatever trained it
+    if recipe.config.wise_alpha < 1:
+        log.info("WiSE-FT: exporting %g x fine-tuned + %g x base weights", recipe.config.wise_alpha,
+                 1 - recipe.config.wise_alpha)
+        wiseft.mix_into(recipe.model, wiseft.base_state_of(recipe.config.base_model), recipe.config.wise_alpha)
     lora.export(recipe.model, recipe.config, output_dir)
     info.write(output_dir)
     if curves_dir is not None:
