@@ -105,7 +105,10 @@ def main() -> None:
             report["training"] = {k: v for k, v in json.loads(info.read_text()).items()
                                   if k in ("steps", "train_seconds", "train_pairs", "bf16", "packed_attention", "loss",
                                            "batch_size", "train_loss", "epochs")}
-    report["promoted"] = "promoted to champion" in proc.stdout
+    # The registration stage's line: "registered <name> v<N> (promoted: True)" (the first GPU run's JSON said
+    # false for a promoted model: this looked for words the stage does not print).
+    promoted = re.search(r"registered \S+ v\d+ \(promoted: (True|False)\)", ANSI.sub("", log_text))
+    report["promoted"] = promoted.group(1) == "True" if promoted else None
     report["evidence"] = sorted({ANSI.sub("", line).strip()[-240:] for line in log_text.splitlines()
                                  if EVIDENCE.search(line) and not line.strip().startswith('"')})[:40]
     if proc.returncode:
