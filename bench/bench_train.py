@@ -147,10 +147,13 @@ class StepTimer:
     Warm-up lasts at least `warmup` steps and goes on until no torch.compile graph was built during the last
     `settle` steps (or `max_warmup` steps have run): the first H200 run of issue 14 timed steps 3-6 while the
     product's compiled layers were still compiling. Graphs built inside the timed window are counted
-    (`graphs_while_timed`); the bench fails loudly if any were. With `profile` set, the step after the timed
-    window runs under torch.profiler (not timed). Training stops after that."""
+    (`graphs_while_timed`); the bench fails loudly if any were. With `restarts` > 0, a step that compiled inside
+    the window shows that warm-up was not over: the window is dropped (kept in `discarded`) and a new one starts
+    after that step, at most `restarts` times. With `profile` set, the step after the timed window runs under
+    torch.profiler (not timed). Training stops after that."""
 
-    def __new__(cls, warmup: int, timed: int, max_warmup: int = 0, settle: int = 2, profile_dir: str | None = None):
+    def __new__(cls, warmup: int, timed: int, max_warmup: int = 0, settle: int = 2, profile_dir: str | None = None,
+                restarts: int = 0):
         from transformers import TrainerCallback
 
         class _Timer(TrainerCallback):
@@ -161,6 +164,7 @@ class StepTimer:
                 self.graphs_by_step = [_compiled_graphs()]  # graphs built so far, after each step (index 0: before)
                 self.graphs_at_start = self.graphs_while_timed = 0
                 self.step_log = []  # (seconds, graphs compiled) of each timed step
+                self.restarts_left, self.discarded = max(restarts, 0), []  # windows dropped for a compile
                 self.profile = None
                 self._prof = None
 
@@ -203,10 +207,19 @@ class StepTimer:
                         self.start, self.start_step, self.graphs_at_start = now, step, graphs
                     return
                 if step <= self.start_step + self.timed:
-                    self.steps = step - self.start_step
+                    compiled = graphs - self.graphs_by_step[-1]
                     # Per timed step: seconds and graphs compiled (a step that compiled is seen at once).
-                    self.step_log.append((round(now - self.start - self.seconds, 3), graphs - self.graphs_by_step[-1]))
+                    self.step_log.append((round(now - self.start - self.seconds, 3), compiled))
                     self.graphs_by_step.append(graphs)
+                    if compiled and self.restarts_left:
+                        # Still warming up: drop this window, time a new one from the next step.
+                        self.restarts_left -= 1
+                        self.discarded.append({"window_start_step": self.start_step, "restarted_after_step": step,
+                                               "steps": [{"seconds": sec, "graphs_compiled": g} for sec, g in self.step_log]})
+                        self.start, self.start_step, self.graphs_at_start = now, step, graphs
+                        self.steps, self.seconds, self.step_log = 0, 0.0, []
+                        return
+                    self.steps = step - self.start_step
                     self.seconds = now - self.start
                     # Graphs torch.compile built inside the timed window: > 0 means warm-up was too short.
                     self.graphs_while_timed = graphs - self.graphs_at_start
@@ -227,9 +240,11 @@ def run_variant(variant: str, spec: dict) -> dict:
     max_warmup = max(spec.get("max_warmup", 0), spec["warmup"])
     # Rows for the longest warm-up, the timed steps and the profiled one; training stops after those.
     # The same generator and seed for every variant: a variant's rows are a prefix of a longer one's.
-    steps = max_warmup + timed + 1
+    restarts = spec.get("restarts", 0)
+    steps = max_warmup + timed * (1 + restarts) + 1
     rows = synthetic_pairs(tokenizer_dir, batch * steps, seed=1)
-    timer = StepTimer(spec["warmup"], timed, max_warmup=max_warmup, settle=spec.get("settle", 2), profile_dir=profile_dir)
+    timer = StepTimer(spec["warmup"], timed, max_warmup=max_warmup, settle=spec.get("settle", 2), profile_dir=profile_dir,
+                      restarts=restarts)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -265,6 +280,8 @@ def run_variant(variant: str, spec: dict) -> dict:
     result["graphs_compiled_by_step"] = timer.graphs_by_step
     result["timed_steps"] = [{"seconds": sec, "graphs_compiled": g} for sec, g in timer.step_log]
     result["graphs_compiled_while_timed"] = timer.graphs_while_timed
+    if timer.discarded:
+        result["discarded_windows"] = timer.discarded
     result["graphs_compiled_total"] = _compiled_graphs()
     if timer.steps < timed:
         result["invalid"] = f"only {timer.steps} of {timed} steps were timed"
@@ -357,7 +374,8 @@ def versions() -> dict:
     import torch
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("transformers", "sentence-transformers", "tokenizers", "datasets", "accelerate", "triton"):
+    for name in ("transformers", "sentence-transformers", "tokenizers", "datasets", "accelerate", "triton", "huggingface_hub",
+                 "peft", "bitsandbytes", "kfp"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -401,6 +419,8 @@ def main() -> None:
                         help="warm-up goes on (at most this many steps) until no graph was compiled for --settle steps")
     parser.add_argument("--settle", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6, help="timed steps (3x for naive)")
+    parser.add_argument("--restarts", type=int, default=0,
+                        help="times a timed window in which a graph compiled is dropped and timed again from the next step")
     parser.add_argument("--variant-timeout", action="append", default=[],
                         help="name=seconds: this variant's process limit instead of --timeout (repeatable)")
     parser.add_argument("--peak-tflops", type=float, default=790.0)
@@ -431,7 +451,8 @@ def main() -> None:
         if name == "competent":
             over = {"batch_size": competent["batch_size"]}
         spec = {"model_dir": str(model_dir), "tokenizer": tokenizer, "overrides": over, "naive_batch": args.naive_batch,
-                "warmup": args.warmup, "max_warmup": args.max_warmup, "settle": args.settle, "steps": args.steps, "peak_tflops": args.peak_tflops, "competent": competent,
+                "warmup": args.warmup, "max_warmup": args.max_warmup, "settle": args.settle, "steps": args.steps,
+                "restarts": args.restarts, "peak_tflops": args.peak_tflops, "competent": competent,
                 "profile": args.profile if name == "product" else None}
         kind = name if name in ("naive", "competent") else "product"
         env = dict(os.environ, PYTHONUNBUFFERED="1")

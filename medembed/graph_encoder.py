@@ -4,7 +4,11 @@ Why (issue 14): the per-layer compiled packed encoder was host-bound (24 guarded
 ~2 ms of CPU each; the GPU busy ~57% of a pass) and cast the fp32 weights to bf16 in every layer call.
 This path removes both:
 
-- tokenising: DataLoader worker processes tokenise length-sorted chunks and drop the padding there;
+- tokenising: worker processes tokenise length-sorted chunks and drop the padding there. The processes are
+  forked once per model and kept across `encode` calls (TokenizerPool: the first H200 runs forked 8
+  DataLoader workers per call), a bounded window of chunks is kept in flight so they tokenise ahead of
+  the GPU, and the first chunks are small (chunk_sizes) so the first rows are ready within tens of ms
+  instead of after one worker has tokenised 256 of the longest texts;
 - packing: the main process cuts the stream of real tokens into rows of `row_tokens` tokens (only the
   last row is shorter, rounded up to a multiple of TAIL_TOKENS), each holding the texts that fit; a row
   carries per-text positions, `cu_seq_lens` for varlen attention and a per-token text id for pooling.
@@ -25,8 +29,11 @@ pooled rows. The same code runs eagerly on CPU (tests compare it with sentence-t
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import logging
+import weakref
 from typing import Iterator
 
 import numpy as np
@@ -39,9 +46,13 @@ POOLING_MODES = ("mean", "cls", "lasttoken")
 ROW_TOKENS = 16384  # issue 14: packed 16k-token rows gave the best plain-PyTorch encode probe on the H200
 TAIL_TOKENS = 2048  # the last (partial) row of a pass is rounded up to a multiple of this
 SLOT_BUCKETS = (16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
-# Texts tokenised per DataLoader item: small, so the first row is ready soon after a pass starts (the first
-# H200 run used 1024: ~1 s of one worker's tokenising before the GPU got any work).
+# Texts tokenised per worker task, at most: small, so the first row is ready soon after a pass starts (the
+# first H200 run used 1024: ~1 s of one worker's tokenising before the GPU got any work).
 CHUNK_TEXTS = 256
+# The first round of chunks (one per worker) holds this many texts; each later round twice as many, up to
+# CHUNK_TEXTS (the second H200 run's profile: 675 ms of a 4.4 s pass waiting on the first chunks).
+FIRST_CHUNK_TEXTS = 32
+IN_FLIGHT_PER_WORKER = 4  # chunks submitted ahead per worker (DataLoader's prefetch_factor was 4)
 _CACHE_ATTR = "_medembed_graph_encoder"
 
 
@@ -98,7 +109,7 @@ def slot_bucket(n: int) -> int:
 
 
 class Tokenize:
-    """DataLoader collate_fn: a chunk of text indices -> (indices, lengths, real token ids[, token types]).
+    """A chunk of text indices -> (indices, lengths, real token ids[, token types]), in this process.
 
     Uses the model's own `preprocess` (same tokenisation, prompt and truncation as its encode), then
     drops the padding, so only real tokens travel between processes."""
@@ -107,13 +118,105 @@ class Tokenize:
         self.model, self.texts, self.prompt = model, texts, prompt
 
     def __call__(self, indices):
-        features = self.model.preprocess([self.texts[i] for i in indices], prompt=self.prompt or None)
-        mask = features["attention_mask"].numpy().astype(bool)
-        lengths = mask.sum(axis=1).astype(np.int32)
-        ids = features["input_ids"].numpy()[mask].astype(np.int32)
-        types = features.get("token_type_ids")
-        types = types.numpy()[mask].astype(np.int32) if types is not None else None
-        return np.asarray(indices, dtype=np.int64), lengths, ids, types
+        return _tokenized(self.model, np.asarray(indices, dtype=np.int64), [self.texts[i] for i in indices], self.prompt)
+
+
+def chunk_sizes(count: int, workers: int, largest: int | None = None) -> list[int]:
+    """Texts per chunk for `count` length-sorted texts: rounds of one chunk per worker, the first round of
+    FIRST_CHUNK_TEXTS texts each, doubling per round up to `largest` (CHUNK_TEXTS)."""
+    largest = max(1, largest or CHUNK_TEXTS)
+    size, sizes, done = min(FIRST_CHUNK_TEXTS, largest), [], 0
+    per_round = max(1, workers)
+    while done < count:
+        for _ in range(per_round):
+            if done >= count:
+                break
+            sizes.append(min(size, count - done))
+            done += sizes[-1]
+        size = min(size * 2, largest)
+    return sizes
+
+
+def _chunks(texts: list[str], workers: int) -> list[list[int]]:
+    """Text indices, longest first, cut into chunk_sizes."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    bounds = list(itertools.accumulate(chunk_sizes(len(order), workers), initial=0))
+    return [order[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+# Models whose TokenizerPool workers are (or may be re-)forked: the workers read the model from here.
+_POOL_MODELS: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+_POOL_KEYS = itertools.count()
+_WORKER_MODEL = None  # in a pool worker: the model whose tokenizer it runs
+
+
+def _pool_worker_init(key: int) -> None:
+    import os
+
+    global _WORKER_MODEL
+    _WORKER_MODEL = _POOL_MODELS[key]  # a strong reference in the worker (forked: the model is in its memory)
+    # One thread per process: the processes are the parallelism (the tokenizers library would otherwise start
+    # a thread per core in each of them, when the parent had not used its threads before the fork).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _pool_tokenize(task):
+    indices, texts, prompt = task
+    return _tokenized(_WORKER_MODEL, np.asarray(indices, dtype=np.int64), texts, prompt)
+
+
+def _tokenized(model, indices, texts: list[str], prompt: str):
+    """(indices, lengths, real token ids[, token types]) of `texts`, padding dropped."""
+    features = model.preprocess(texts, prompt=prompt or None)
+    mask = features["attention_mask"].numpy().astype(bool)
+    lengths = mask.sum(axis=1).astype(np.int32)
+    ids = features["input_ids"].numpy()[mask].astype(np.int32)
+    types = features.get("token_type_ids")
+    types = types.numpy()[mask].astype(np.int32) if types is not None else None
+    return indices, lengths, ids, types
+
+
+class TokenizerPool:
+    """`workers` processes forked once that tokenise chunks with one model's tokenizer (its `preprocess`:
+    same prompt handling and truncation as its encode), kept across `encode` calls.
+
+    Only the texts of each chunk travel to a worker and only real token ids come back. Forked after the
+    model is loaded, so nothing is pickled but the texts; the workers never touch CUDA. Closed with the
+    GraphEncoder that owns it (or at exit)."""
+
+    def __init__(self, model, workers: int):
+        import multiprocessing
+
+        self.workers = workers
+        self.key = next(_POOL_KEYS)
+        _POOL_MODELS[self.key] = model
+        self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_pool_worker_init, initargs=(self.key,))
+        self.pids = {p.pid for p in self.pool._pool}
+
+    def imap(self, tasks, window: int) -> Iterator:
+        """Results of `tasks` in order, at most `window` submitted ahead of the one consumed."""
+        pending = collections.deque()
+        tasks = iter(tasks)
+        for task in itertools.islice(tasks, window):
+            pending.append(self.pool.apply_async(_pool_tokenize, (task,)))
+        while pending:
+            result = pending.popleft()
+            while not result.ready():
+                result.wait(1.0)
+                if not result.ready() and {p.pid for p in self.pool._pool} != self.pids:
+                    self.close()
+                    raise RuntimeError("a tokenising worker process of the graph encoder died")
+            item = result.get()
+            for task in itertools.islice(tasks, 1):
+                pending.append(self.pool.apply_async(_pool_tokenize, (task,)))
+            yield item
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+        _POOL_MODELS.pop(self.key, None)
 
 
 def pack_rows(chunks, row_tokens: int, position_offset: int, pad_id: int) -> Iterator[dict]:
@@ -248,6 +351,26 @@ class GraphEncoder:
                                          mode=None if self.compile_mode == "default" else self.compile_mode)
         self.rows = 0
         self.shapes: set[tuple[int, int]] = set()
+        self.tokenizer_pool: TokenizerPool | None = None
+
+    def tokenized_chunks(self, texts: list[str], prompt: str, workers: int) -> Iterator:
+        """Tokenised chunks of `texts`, longest first (pack_rows' input): in this process when `workers`
+        is 0, else by the model's TokenizerPool (started on first use, re-started for another worker count)."""
+        chunks = _chunks(texts, workers)
+        if not workers:
+            tokenize = Tokenize(self.model, texts, prompt)
+            return (tokenize(chunk) for chunk in chunks)
+        if self.tokenizer_pool is None or self.tokenizer_pool.workers != workers or self.tokenizer_pool.pool is None:
+            self.close()
+            self.tokenizer_pool = TokenizerPool(self.model, workers)
+        tasks = ((chunk, [texts[i] for i in chunk], prompt) for chunk in chunks)
+        return self.tokenizer_pool.imap(tasks, window=IN_FLIGHT_PER_WORKER * workers)
+
+    def close(self) -> None:
+        """Stop the tokenising processes (a later encode starts them again)."""
+        if self.tokenizer_pool is not None:
+            self.tokenizer_pool.close()
+            self.tokenizer_pool = None
 
     def refresh(self) -> None:
         """Copy the source model's current weights into the bf16 copy (one cast per encode call)."""
@@ -322,29 +445,18 @@ def get(model, compile_mode: str, row_tokens: int = ROW_TOKENS) -> GraphEncoder:
         length = int(model.max_seq_length or 512)
         if (cached.compile_mode, cached.row_tokens, cached.max_seq_length) == (mode, max(int(row_tokens), length), length):
             return cached
+        cached.close()  # its tokenising processes truncate at the old max_seq_length
     encoder = GraphEncoder(model, compile_mode=compile_mode, row_tokens=row_tokens)
     object.__setattr__(model, _CACHE_ATTR, encoder)  # not a submodule: never saved with the model
     return encoder
-
-
-def _loader(model, texts: list[str], prompt: str, workers: int):
-    """Length-sorted chunks of texts, tokenised (padding dropped) by `workers` DataLoader processes."""
-    from torch.utils.data import DataLoader
-
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    chunks = [order[i : i + CHUNK_TEXTS] for i in range(0, len(order), CHUNK_TEXTS)]
-    return DataLoader(
-        chunks, batch_size=None, collate_fn=Tokenize(model, texts, prompt), num_workers=workers,
-        prefetch_factor=4 if workers else None, multiprocessing_context="fork" if workers else None,
-    )
 
 
 def prepare_rows(model, texts: list[str], prompt: str, workers: int = 0,
                  compile_mode: str = "reduce-overhead", row_tokens: int = ROW_TOKENS) -> list[dict]:
     """All packed rows of `texts`, tokenised up front (benchmarks: the GPU side alone, `encode_rows`)."""
     encoder = get(model, compile_mode, row_tokens)
-    return list(pack_rows(_loader(model, texts, prompt, workers), encoder.row_tokens, encoder.position_offset,
-                          encoder.pad_id))
+    return list(pack_rows(encoder.tokenized_chunks(texts, prompt, workers), encoder.row_tokens,
+                          encoder.position_offset, encoder.pad_id))
 
 
 def encode_rows(model, rows, count: int, show_progress_bar: bool = False, compile_mode: str = "reduce-overhead",
@@ -382,13 +494,14 @@ def encode_rows(model, rows, count: int, show_progress_bar: bool = False, compil
 def encode(model, texts: list[str], prompt: str, workers: int, show_progress_bar: bool,
            compile_mode: str = "reduce-overhead", row_tokens: int = ROW_TOKENS):
     """Embeddings (float32, input order) of `texts` with `prompt`, through the packed-row graph path:
-    tokenising workers, packing in this process and the compiled encoder overlap."""
+    tokenising processes (kept across calls), packing in this process and the compiled encoder overlap."""
     import torch
 
     encoder = get(model, compile_mode, row_tokens)
     if not texts:
         return torch.empty(0, model.get_embedding_dimension())
-    rows = pack_rows(_loader(model, texts, prompt, workers), encoder.row_tokens, encoder.position_offset, encoder.pad_id)
+    rows = pack_rows(encoder.tokenized_chunks(texts, prompt, workers), encoder.row_tokens, encoder.position_offset,
+                     encoder.pad_id)
     out = encode_rows(model, rows, len(texts), show_progress_bar, compile_mode, row_tokens)
     log.info("graph encoder: %d texts in packed rows of %d tokens (compile %s, bf16 copy %s); row shapes so far %s",
              len(texts), encoder.row_tokens, encoder.compile_mode, encoder.owns_copy, sorted(encoder.shapes))

@@ -102,3 +102,17 @@ def test_step_timer_counts_graphs_compiled_while_timed(monkeypatch):
     timer, _ = _drive_timer(monkeypatch, [1, 2, 3, 4, 4, 4, 4], warmup=1, timed=3, max_warmup=3, settle=2)
     assert timer.start_step == 3 and timer.steps == 3 and timer.graphs_while_timed == 1
     assert [g for _, g in timer.step_log] == [1, 0, 0]  # the step that compiled is named
+
+
+def test_step_timer_restarts_a_window_that_compiled(monkeypatch):
+    # The same compile at step 4, with one restart allowed: that window is dropped and steps 5-7 are timed.
+    timer, control = _drive_timer(monkeypatch, [1, 2, 3, 4, 4, 4, 4, 4, 4], warmup=1, timed=3, max_warmup=3,
+                                  settle=2, restarts=1)
+    assert timer.start_step == 4 and timer.steps == 3 and timer.graphs_while_timed == 0
+    assert [g for _, g in timer.step_log] == [0, 0, 0]
+    assert [w["restarted_after_step"] for w in timer.discarded] == [4]
+    assert control.should_training_stop
+    # Restarts used up: a later compile is counted, as without restarts.
+    timer, _ = _drive_timer(monkeypatch, [1, 2, 3, 4, 4, 5, 5, 5, 5], warmup=1, timed=3, max_warmup=3, settle=2,
+                            restarts=1)
+    assert timer.start_step == 4 and timer.graphs_while_timed == 1 and len(timer.discarded) == 1

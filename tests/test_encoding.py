@@ -153,3 +153,35 @@ def test_graph_encoder_is_cached_per_model_and_follows_max_seq_length(model):
     ours = encode(model, texts, "document", batch_size=3, show_progress_bar=False, graph="on")
     assert getattr(model, graph_encoder._CACHE_ATTR) is not first
     assert torch.allclose(ours, model.encode_document(texts, convert_to_tensor=True).float(), atol=1e-5)
+
+
+def test_graph_encoder_keeps_its_tokenising_processes_across_calls(model):
+    """The tokenising processes are forked once per model and reused by later calls (the second H200 run
+    forked them per call); a new encoder (max_seq_length changed) stops the old ones."""
+    from medembed import graph_encoder
+
+    texts = [t for t in TEXTS if t] * 3
+    first_out = encode(model, texts, "document", batch_size=3, show_progress_bar=False, graph="on", workers=2,
+                       row_tokens=32)
+    encoder = getattr(model, graph_encoder._CACHE_ATTR)
+    pool = encoder.tokenizer_pool
+    assert pool is not None and pool.workers == 2 and len(pool.pids) == 2
+    again = encode(model, texts, "document", batch_size=3, show_progress_bar=False, graph="on", workers=2,
+                   row_tokens=32)
+    assert encoder.tokenizer_pool is pool and {p.pid for p in pool.pool._pool} == pool.pids
+    assert torch.equal(first_out, again)
+    queries = encode(model, texts, "query", batch_size=3, show_progress_bar=False, graph="on", workers=2, row_tokens=32)
+    assert torch.allclose(queries, model.encode_query(texts, convert_to_tensor=True).float(), atol=1e-5)
+    model.max_seq_length = 8
+    encode(model, texts, "document", batch_size=3, show_progress_bar=False, graph="on", workers=2, row_tokens=32)
+    assert pool.pool is None  # the old encoder's processes were stopped
+    getattr(model, graph_encoder._CACHE_ATTR).close()
+
+
+def test_chunk_sizes_start_small_and_cover_every_text():
+    from medembed.graph_encoder import CHUNK_TEXTS, FIRST_CHUNK_TEXTS, chunk_sizes
+
+    sizes = chunk_sizes(10_000, workers=8)
+    assert sum(sizes) == 10_000 and sizes[:8] == [FIRST_CHUNK_TEXTS] * 8 and max(sizes) == CHUNK_TEXTS
+    assert sizes == sorted(sizes[:-1]) + sizes[-1:]  # rounds grow, the last chunk holds what is left
+    assert chunk_sizes(5, workers=2, largest=4) == [4, 1] and chunk_sizes(0, workers=2) == []

@@ -74,7 +74,8 @@ def mine(
     stats.candidates = len(corpus)
     query_emb = torch.nn.functional.normalize(torch.as_tensor(embed(queries, "query")).float(), dim=-1)
     corpus_emb = torch.nn.functional.normalize(torch.as_tensor(embed(corpus, "document")).float(), dim=-1)
-    positive_ids = torch.tensor([passage_index[p] for p in positives])
+    # On the embeddings' device (CUDA when the encoder ran there): every tensor below meets `scores`.
+    positive_ids = torch.tensor([passage_index[p] for p in positives], device=query_emb.device)
     # Enough ranked candidates to survive the guards in all but degenerate cases.
     depth = min(len(corpus), max(4 * num_negatives + 16, 32))
     rng = random.Random(seed)
@@ -83,7 +84,7 @@ def mine(
         hi = min(lo + QUERY_CHUNK, len(queries))
         scores = query_emb[lo:hi] @ corpus_emb.T
         positive_scores = scores.gather(1, positive_ids[lo:hi, None]).squeeze(1)
-        guarded = _guard_mask(pair_keys[lo:hi], passages_by_key, len(corpus))
+        guarded = _guard_mask(pair_keys[lo:hi], passages_by_key, len(corpus), scores.device)
         too_close = (scores >= (positive_scores[:, None] - margin)) | (scores >= max_score)
         # Counted among the top-ranked candidates only: what a naive miner would have taken.
         top_naive = scores.topk(min(num_negatives, len(corpus)), dim=1).indices
@@ -102,7 +103,7 @@ def mine(
     return negatives, stats
 
 
-def _guard_mask(pair_keys: list[frozenset], passages_by_key: dict, n_passages: int):
+def _guard_mask(pair_keys: list[frozenset], passages_by_key: dict, n_passages: int, device=None):
     """(pairs, passages) bool: True where the passage answers a pair sharing a guard key. Built from
     the key -> passages lists, so its cost follows the guarded entries, not pairs x passages."""
     import torch
@@ -113,8 +114,8 @@ def _guard_mask(pair_keys: list[frozenset], passages_by_key: dict, n_passages: i
         excluded = set().union(*(passages_by_key.get(key, ()) for key in keys))
         rows += [row] * len(excluded)
         cols += excluded
-    mask = torch.zeros(len(pair_keys), n_passages, dtype=torch.bool)
-    mask[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = True
+    mask = torch.zeros(len(pair_keys), n_passages, dtype=torch.bool, device=device)
+    mask[torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device)] = True
     return mask
 
 
