@@ -25,6 +25,7 @@ exit code. Heavy imports (kfp, kubernetes) happen inside.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import shutil
 import sys
@@ -250,14 +251,7 @@ def cmd_submit(args, out, plan: Plan | None = None, compile_pipeline: Compile | 
     now = dt.datetime.now()
     run_name = args.run_name or f"{config.registry.model_name}-{now:%Y%m%d-%H%M%S}"
     description = _describe_run(args, compiled)
-    # The compiled file lives only as long as the upload: nothing is left in temp folders.
-    with tempfile.TemporaryDirectory(prefix="medembed-submit-") as tmp:
-        package = compile_pipeline(compiled, Path(tmp) / "pipeline.yaml")
-        if args.no_cache:
-            runs.disable_caching(package)
-        if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(package, args.output)
+    with _package(args, compiled, compile_pipeline) as package:
         sub = runs.submit(session, package, experiment=args.experiment, run_name=run_name, params=arguments,
                           pipeline_name=args.pipeline_name, description=description,
                           pipeline_root=args.pipeline_root)
@@ -289,6 +283,22 @@ def cmd_runs(args, out, plan: Plan | None = None, compile_pipeline: Compile | No
     raise AssertionError(args.runs_command)
 
 
+@contextlib.contextmanager
+def _package(args, compiled, compile_pipeline: Compile):
+    """The pipeline compiled for one upload (submit or schedule): caching off with --no-cache, a copy kept at
+    --output. The compiled file lives only as long as the upload: nothing is left in temp folders."""
+    from . import runs
+
+    with tempfile.TemporaryDirectory(prefix="medembed-upload-") as tmp:
+        package = compile_pipeline(compiled, Path(tmp) / "pipeline.yaml")
+        if args.no_cache:
+            runs.disable_caching(package)
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(package, args.output)
+        yield package
+
+
 def _describe_run(args, compiled) -> str:
     return (f"profile {compiled.profile}" + (f"; --set {' '.join(args.set)}" if args.set else "")
             + ("; caching off" if args.no_cache else ""))
@@ -305,13 +315,7 @@ def cmd_schedule(args, out, plan: Plan | None = None, compile_pipeline: Compile 
         raise TypeError("commands.run(..., compile_pipeline=medembed.cli.compile_pipeline) is needed for schedule")
     session = runs.connect(_settings(args))
     description = _describe_run(args, compiled)
-    with tempfile.TemporaryDirectory(prefix="medembed-schedule-") as tmp:
-        package = compile_pipeline(compiled, Path(tmp) / "pipeline.yaml")
-        if args.no_cache:
-            runs.disable_caching(package)
-        if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(package, args.output)
+    with _package(args, compiled, compile_pipeline) as package:
         result = schedules.create_or_replace(
             session, package, name=args.name, cron=args.cron, experiment=args.experiment, params=arguments,
             pipeline_name=args.pipeline_name, pipeline_root=args.pipeline_root,

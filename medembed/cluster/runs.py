@@ -403,26 +403,46 @@ def upload_version(session: KfpSession, package: Path, pipeline_name: str, versi
     return pipeline_id, created.pipeline_version_id
 
 
-def submit(session: KfpSession, package: Path, *, experiment: str, run_name: str,
-           params: Mapping[str, object] | None = None, pipeline_name: str | None = None,
-           description: str = "", pipeline_root: str | None = None,
-           service_account: str | None = None) -> Submission:
-    """Upload `package` as a new version of its pipeline and start a run of that version."""
+@dataclass(frozen=True)
+class Uploaded:
+    """A package uploaded as a new pipeline version, and the experiment its runs go to."""
+    pipeline_id: str
+    pipeline_name: str
+    version_id: str
+    version_name: str
+    experiment_id: str
+    params: dict
+
+
+def upload_to_experiment(session: KfpSession, package: Path, *, params: Mapping[str, object] | None,
+                         pipeline_name: str | None, description: str, experiment: str) -> Uploaded:
+    """What a run and a schedule both start with: `params` checked against the package (before anything is
+    uploaded), the package uploaded as a new version of its pipeline, the experiment found or created."""
     spec, _ = read_package(package)
     params = dict(params or {})
     check_parameters(spec, params)
     pipeline_name = pipeline_name or spec["pipelineInfo"]["name"]
     version = version_name(package)
     pipeline_id, version_id = upload_version(session, package, pipeline_name, version, description)
-    client = session.client
-    experiment_obj = session.call(f"finding or creating experiment {experiment!r}", client.create_experiment,
-                                  experiment, namespace=session.namespace)
-    run = session.call(f"starting a run of {pipeline_name!r}", client.run_pipeline,
-                       experiment_id=experiment_obj.experiment_id, job_name=run_name, params=params,
-                       pipeline_id=pipeline_id, version_id=version_id, pipeline_root=pipeline_root,
+    found = session.call(f"finding or creating experiment {experiment!r}", session.client.create_experiment,
+                         experiment, namespace=session.namespace)
+    return Uploaded(pipeline_id=pipeline_id, pipeline_name=pipeline_name, version_id=version_id,
+                    version_name=version, experiment_id=found.experiment_id, params=params)
+
+
+def submit(session: KfpSession, package: Path, *, experiment: str, run_name: str,
+           params: Mapping[str, object] | None = None, pipeline_name: str | None = None,
+           description: str = "", pipeline_root: str | None = None,
+           service_account: str | None = None) -> Submission:
+    """Upload `package` as a new version of its pipeline and start a run of that version."""
+    up = upload_to_experiment(session, package, params=params, pipeline_name=pipeline_name,
+                              description=description, experiment=experiment)
+    run = session.call(f"starting a run of {up.pipeline_name!r}", session.client.run_pipeline,
+                       experiment_id=up.experiment_id, job_name=run_name, params=up.params,
+                       pipeline_id=up.pipeline_id, version_id=up.version_id, pipeline_root=pipeline_root,
                        service_account=service_account)
-    return Submission(pipeline_id=pipeline_id, pipeline_name=pipeline_name, version_id=version_id,
-                      version_name=version, experiment_id=experiment_obj.experiment_id, run_id=run.run_id,
+    return Submission(pipeline_id=up.pipeline_id, pipeline_name=up.pipeline_name, version_id=up.version_id,
+                      version_name=up.version_name, experiment_id=up.experiment_id, run_id=run.run_id,
                       url=session.run_url(run.run_id))
 
 

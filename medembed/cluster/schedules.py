@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Mapping
 
 from ..config import ConfigError
-from .runs import (ClusterError, KfpNotFoundError, KfpSession, _name_filter, _state, _time, check_parameters,
-                   find_experiment, read_package, upload_version, version_name)
+from .runs import (ClusterError, KfpNotFoundError, KfpSession, _name_filter, _state, _time, find_experiment,
+                   upload_to_experiment)
 
 # robfig/cron (KFP's scheduler): second minute hour day-of-month month day-of-week.
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -178,23 +178,16 @@ def create_or_replace(session: KfpSession, package: Path, *, name: str, cron: st
     """A new pipeline version and a recurring run of it named `name`; then the older recurring runs of that
     name in the experiment are deleted (created first: never a moment without one)."""
     validate_cron(cron)
-    spec, _ = read_package(package)
-    params = dict(params or {})
-    check_parameters(spec, params)
-    pipeline_name = pipeline_name or spec["pipelineInfo"]["name"]
-    version = version_name(package)
-    pipeline_id, version_id = upload_version(session, package, pipeline_name, version, description)
+    up = upload_to_experiment(session, package, params=params, pipeline_name=pipeline_name,
+                              description=description, experiment=experiment)
     client = session.client
-    experiment_obj = session.call(f"finding or creating experiment {experiment!r}", client.create_experiment,
-                                  experiment, namespace=session.namespace)
-    experiment_id = experiment_obj.experiment_id
-    older = find_schedules(session, name, experiment_id)
+    older = find_schedules(session, name, up.experiment_id)
     created = session.call(f"creating recurring run {name!r}", client.create_recurring_run,
-                           experiment_id=experiment_id, job_name=name, description=description or None,
+                           experiment_id=up.experiment_id, job_name=name, description=description or None,
                            cron_expression=cron,
                            # One retraining at a time, and no burst of missed runs after downtime.
-                           max_concurrency=1, no_catchup=True, params=params, pipeline_id=pipeline_id,
-                           version_id=version_id, enabled=True, pipeline_root=pipeline_root,
+                           max_concurrency=1, no_catchup=True, params=up.params, pipeline_id=up.pipeline_id,
+                           version_id=up.version_id, enabled=True, pipeline_root=pipeline_root,
                            service_account=service_account)
     new = _schedule(created)
     for old in older:
@@ -207,7 +200,7 @@ def create_or_replace(session: KfpSession, package: Path, *, name: str, cron: st
                 f"({old.recurring_run_id}), so both are scheduled: {exc.message}",
                 "run the same `medembed schedule` again (it keeps only the newest), or "
                 f"`medembed schedules delete {name}` and schedule again") from None
-    return Scheduled(schedule=new, pipeline_name=pipeline_name, version_name=version, replaced=older,
+    return Scheduled(schedule=new, pipeline_name=up.pipeline_name, version_name=up.version_name, replaced=older,
                      url=schedule_url(session, new.recurring_run_id))
 
 
