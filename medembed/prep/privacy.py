@@ -20,8 +20,8 @@ tokens per name) and adjacent repeats cannot share characters, so each match att
 bounded window and a scan is linear in the text length (tests/test_faults_privacy.py scans 1 MB
 adversarial rows). No unbounded `+`/`*` may be added here.
 
-Measured on tests/data/pii_corpus.jsonl: `python -m medembed.privacy tests/data/pii_corpus.jsonl`;
-hostile rows: `python -m medembed.privacy --timing`.
+Measured on tests/data/pii_corpus.jsonl: `python -m medembed.prep.privacy tests/data/pii_corpus.jsonl`;
+hostile rows: `python -m medembed.prep.privacy --timing`.
 """
 
 from __future__ import annotations
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worst 1 MB: {max(v for k, v in timings.items() if not k.startswith('98 KB')):.3f} s")
         return 0
     if len(args) != 1:
-        print("usage: python -m medembed.privacy CORPUS.jsonl | --timing", file=sys.stderr)
+        print("usage: python -m medembed.prep.privacy CORPUS.jsonl | --timing", file=sys.stderr)
         return 2
     result = evaluate(read_corpus(Path(args[0])))
     print(f"snippets: {result['positives']} with personal data, {result['negatives']} without")
