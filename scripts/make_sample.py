@@ -1,6 +1,6 @@
-"""Rebuild the bundled MedQuAD sample from ../shared/data/medquad (whole documents, seeded).
+"""Rebuild the bundled MedQuAD sample from a MedQuAD JSONL file (whole documents, seeded).
 
-Usage: python scripts/make_sample.py ../shared/data/medquad/medquad_visible.jsonl.gz
+Usage: python scripts/make_sample.py PATH/medquad_visible.jsonl.gz  (the MedQuAD question/answer pairs, one JSON per line)
 """
 
 import gzip
